@@ -1,0 +1,51 @@
+# Build: `make` (train_gpt, prepare_data), `make test`, `make bench`.
+# CUDA targets (train_gptcu, test_gptcu) and MPI are optional and detected below.
+
+CC       ?= gcc
+OPT      ?= -O3 -march=native
+CFLAGS   += $(OPT) -std=gnu11 -fopenmp -fno-math-errno -Wall -Wextra -Wno-unused-parameter -MMD -MP
+LDLIBS   += -fopenmp -lm
+
+# Dependencies through pkg-config where the distribution ships a .pc file.
+PKGS      := libcjson openblas lapacke
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+ifeq ($(strip $(PKG_LIBS)),)
+$(error pkg-config could not find $(PKGS); install libcjson-dev libopenblas-dev liblapacke-dev (see README))
+endif
+CFLAGS += $(PKG_CFLAGS)
+LDLIBS += $(PKG_LIBS)
+
+BUILD := build
+LIB_SRC := $(filter-out data/prepare_data.c,$(wildcard runtime/*.c data/*.c model/*.c optim/*.c kernels/*.c))
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+TEST_SRC := $(wildcard tests/*.c)
+TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
+
+.PHONY: all test bench clean
+all: train_gpt prepare_data
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/libgpt.a: $(LIB_OBJ)
+	ar rcs $@ $^
+
+train_gpt: $(BUILD)/train_gpt.o $(BUILD)/libgpt.a
+	$(CC) $^ $(LDLIBS) -o $@
+
+prepare_data: $(BUILD)/data/prepare_data.o $(BUILD)/libgpt.a
+	$(CC) $^ $(LDLIBS) -o $@
+
+# Tests register themselves through constructors, so link the objects, not an archive.
+test_gpt: $(BUILD)/test_gpt.o $(TEST_OBJ) $(BUILD)/libgpt.a
+	$(CC) $^ $(LDLIBS) -o $@
+
+test: test_gpt prepare_data train_gpt
+	./test_gpt
+
+clean:
+	rm -rf $(BUILD) train_gpt prepare_data test_gpt
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
