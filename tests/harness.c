@@ -6,8 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
+#include <fcntl.h>
 #include <unistd.h>
 
+#include "../runtime/common.h"
 #include "../runtime/rng.h"
 
 typedef struct {
@@ -60,6 +63,9 @@ double rel_error_d(const double *x, const double *y, size_t n) {
     return sqrt(num) / fmax(sqrt(den), 1e-300);
 }
 
+// A child must not run the parent's atexit handlers (they remove the test directory).
+static NORETURN void child_exit(int status) { _exit(status); }
+
 void expect_fatal(void (*fn)(void *), void *arg, const char *expected, const char *file, int line) {
     int fds[2];
     if (pipe(fds) != 0) {
@@ -72,8 +78,9 @@ void expect_fatal(void (*fn)(void *), void *arg, const char *expected, const cha
     if (pid == 0) {
         close(fds[0]);
         dup2(fds[1], 2);
-        int devnull = open("/dev/null", 1);
+        int devnull = open("/dev/null", O_WRONLY);
         if (devnull >= 0) dup2(devnull, 1);
+        set_fatal_hook(child_exit);
         fn(arg);
         _exit(0);
     }

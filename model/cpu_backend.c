@@ -1,0 +1,134 @@
+#include "cpu_backend.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../kernels/crossentropy.h"
+#include "../runtime/common.h"
+#include "llmc.h"
+
+typedef struct {
+    Backend base;
+    GPTCpu model;
+    Optimizer opt;
+    float *snapshot;  // parameters before the step, for update-RMS diagnostics
+} CpuBackend;
+
+static GPTCpu *model_of(Backend *b) { return &((CpuBackend *)b->self)->model; }
+
+double sum_squares(const float *x, size_t n) {
+    enum { CHUNK = 1 << 15 };
+    const size_t chunks = (n + CHUNK - 1) / CHUNK;
+    double stack[256];
+    double *partial = chunks <= 256 ? stack : (double *)xmalloc(chunks * sizeof(double));
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < chunks; c++) {
+        const size_t end = (c + 1) * CHUNK < n ? (c + 1) * CHUNK : n;
+        double s = 0;
+        for (size_t i = c * CHUNK; i < end; i++) s += (double)x[i] * x[i];
+        partial[c] = s;
+    }
+    double total = 0;
+    for (size_t c = 0; c < chunks; c++) total += partial[c];
+    if (partial != stack) free(partial);
+    return total;
+}
+
+static float cpu_train_micro(Backend *b, const int *inputs, const int *targets, int B, int T, float grad_scale, Rng *rng) {
+    return gpt_cpu_forward_backward(model_of(b), inputs, targets, B, T, grad_scale, rng);
+}
+
+static float cpu_eval_micro(Backend *b, const int *inputs, const int *targets, int B, int T) {
+    return gpt_cpu_forward(model_of(b), inputs, targets, B, T);
+}
+
+static void cpu_next_logits(Backend *b, const int *tokens, int t, float *logits) {
+    GPTCpu *m = model_of(b);
+    gpt_cpu_forward(m, tokens, NULL, 1, t);
+    const int V = m->layout.cfg.vocab_size;
+    memcpy(logits, m->logits + (size_t)(t - 1) * V, (size_t)V * sizeof(float));
+}
+
+static void cpu_zero_grad(Backend *b) { gpt_cpu_zero_grad(model_of(b)); }
+static float *cpu_grad_buffer(Backend *b) { return model_of(b)->grads; }
+static double cpu_grad_sq_norm(Backend *b) { return sum_squares(model_of(b)->grads, b->layout->num_params); }
+
+static void cpu_scale_grads(Backend *b, float s) {
+    GPTCpu *m = model_of(b);
+    const size_t n = b->layout->num_params;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) m->grads[i] *= s;
+}
+
+static double group_rms(const Optimizer *opt, const OptimGroup *g, const float *x, const float *minus) {
+    double sum = 0;
+    for (int k = 0; k < g->n_tensors; k++) {
+        const ParamTensor *t = &opt->tensors[g->tensors[k]];
+        for (size_t i = 0; i < t->numel; i++) {
+            const double d = (double)x[t->offset + i] - (minus ? (double)minus[t->offset + i] : 0.0);
+            sum += d * d;
+        }
+    }
+    return g->numel ? sqrt(sum / (double)g->numel) : 0.0;
+}
+
+static void cpu_optimizer_step(Backend *b, const StepInfo *base, GroupDiagnostics *diag) {
+    CpuBackend *cb = (CpuBackend *)b->self;
+    GPTCpu *m = &cb->model;
+    if (diag) memcpy(cb->snapshot, m->params, b->layout->num_params * sizeof(float));
+    optim_step_cpu(&cb->opt, m->params, m->grads, base);
+    for (int gi = 0; diag && gi < cb->opt.n_groups; gi++) {
+        diag[gi].update_rms = group_rms(&cb->opt, &cb->opt.groups[gi], m->params, cb->snapshot);
+        diag[gi].grad_rms = group_rms(&cb->opt, &cb->opt.groups[gi], m->grads, NULL);
+    }
+}
+
+static void cpu_curvature_step(Backend *b, const StepInfo *base) {
+    CpuBackend *cb = (CpuBackend *)b->self;
+    optim_curvature_cpu(&cb->opt, cb->model.grads, base);
+}
+
+static void cpu_get_params(Backend *b, float *dst) { memcpy(dst, model_of(b)->params, b->layout->num_params * sizeof(float)); }
+static void cpu_set_params(Backend *b, const float *src) { memcpy(model_of(b)->params, src, b->layout->num_params * sizeof(float)); }
+static void cpu_get_state(Backend *b, float *dst) { memcpy(dst, b->opt->state, b->opt->state_floats * sizeof(float)); }
+static void cpu_set_state(Backend *b, const float *src) { memcpy(b->opt->state, src, b->opt->state_floats * sizeof(float)); }
+
+Backend *cpu_backend_create(const RunConfig *rc) {
+    CpuBackend *cb = (CpuBackend *)xcalloc(1, sizeof *cb);
+    gpt_cpu_init(&cb->model, &rc->model, rc->train.batch_size, rc->model.block_size);
+    if (rc->model.init_from[0]) llmc_load_params(rc->model.init_from, &cb->model.layout, cb->model.params);
+    const ModelLayout *L = &cb->model.layout;
+    optim_build(&cb->opt, rc->json, L->tensors, L->num_tensors, rc->schedule.lr);
+    optim_alloc_state(&cb->opt);
+    if (rc->log.diagnostics) cb->snapshot = xmalloc_floats(L->num_params);
+    Backend *b = &cb->base;
+    b->name = "cpu";
+    b->layout = L;
+    b->opt = &cb->opt;
+    b->self = cb;
+    b->train_micro = cpu_train_micro;
+    b->eval_micro = cpu_eval_micro;
+    b->next_logits = cpu_next_logits;
+    b->zero_grad = cpu_zero_grad;
+    b->grad_buffer = cpu_grad_buffer;
+    b->grad_sq_norm = cpu_grad_sq_norm;
+    b->scale_grads = cpu_scale_grads;
+    b->optimizer_step = cpu_optimizer_step;
+    b->curvature_step = cpu_curvature_step;
+    b->get_params = cpu_get_params;
+    b->set_params = cpu_set_params;
+    b->get_state = cpu_get_state;
+    b->set_state = cpu_set_state;
+    return b;
+}
+
+GPTCpu *cpu_backend_model(Backend *b) { return model_of(b); }
+
+void cpu_backend_free(Backend *b) {
+    CpuBackend *cb = (CpuBackend *)b->self;
+    gpt_cpu_free(&cb->model);
+    optim_free(&cb->opt);
+    free(cb->snapshot);
+    free(cb);
+}

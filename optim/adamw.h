@@ -1,0 +1,186 @@
+// AdamW and its ablation family (Loshchilov & Hutter 2019, "Decoupled Weight Decay
+// Regularization"; the switches follow the AdamW-ablation thesis this project reproduces).
+// Every switch is independent:
+//   bias_correction (or _m / _v separately)   divide m by 1-beta1^t, v by 1-beta2^t
+//   zero_init=false                           m0 = g1, v0 = g1^2 instead of zeros
+//   eps_inside_sqrt                           sqrt(v_hat + eps) instead of sqrt(v_hat) + eps
+//   eps_schedule                              eps as a function of the step (optim/schedules.h)
+//   variant "nested"                          m is an EMA of g / (sqrt(v_hat) + eps); p -= lr m_hat
+//   variant "laprop"                          as nested with the lr inside the EMA; p -= m_hat
+//   weight_decay_mode                         decoupled: p *= 1 - lr wd; l2: g += wd p;
+//                                             independent: p *= 1 - s_t wd (s_t = lr schedule multiplier)
+//   amsgrad                                   denominator from the running max of v
+//   cautious                                  zero update entries whose sign disagrees with g,
+//                                             rescaled by 1/max(mean(mask), 1e-3) (Liang et al. 2024)
+// State: m, v (and vmax with amsgrad), one float each per parameter.
+#pragma once
+#include <math.h>
+
+#include "../runtime/portable.h"
+
+enum { ADAMW_STANDARD, ADAMW_NESTED, ADAMW_LAPROP };
+enum { WD_DECOUPLED, WD_L2, WD_INDEPENDENT };
+
+// What the per-element rule needs for one step, resolved once per step on the host.
+typedef struct {
+    float beta1, beta2, eps;
+    float bc1, bc2;    // bias-correction divisors (1 when switched off)
+    float lr_update;   // multiplies the direction: lr, or 1 for LaProp (its lr is inside m)
+    float lr_inner;    // multiplies the preconditioned gradient inside m: lr for LaProp, else 1
+    float keep;        // p <- keep * p - lr_update * u   (decoupled and independent decay)
+    float l2;          // g <- g + l2 * p                 (L2 decay)
+    int first;         // first step without zero-init: the moments start from the gradient
+    int eps_inside_sqrt, variant, amsgrad;
+} AdamWStep;
+
+static inline HOST_DEVICE float adamw_denominator(const AdamWStep *s, float v) {
+    const float v_hat = v / s->bc2;
+    return s->eps_inside_sqrt ? sqrtf(v_hat + s->eps) : sqrtf(v_hat) + s->eps;
+}
+
+// Advances m, v (and vmax) with the effective gradient g.
+static inline HOST_DEVICE void adamw_moments(const AdamWStep *s, float g, float *m, float *v, float *vmax) {
+    const float v_new = s->first ? g * g : s->beta2 * *v + (1.0f - s->beta2) * (g * g);
+    *v = v_new;
+    if (s->amsgrad) *vmax = s->first ? v_new : fmaxf(*vmax, v_new);
+    // Nested / LaProp average the preconditioned gradient, so they need this step's v first.
+    const float x = s->variant == ADAMW_STANDARD ? g : s->lr_inner * g / adamw_denominator(s, s->amsgrad ? *vmax : v_new);
+    *m = s->first ? x : s->beta1 * *m + (1.0f - s->beta1) * x;
+}
+
+// The update direction u from the current moments: p <- keep p - lr_update u.
+static inline HOST_DEVICE float adamw_direction(const AdamWStep *s, float m, float v, float vmax) {
+    const float m_hat = m / s->bc1;
+    return s->variant == ADAMW_STANDARD ? m_hat / adamw_denominator(s, s->amsgrad ? vmax : v) : m_hat;
+}
+
+#ifndef OPTIM_RULES_ONLY
+#include <stddef.h>
+
+#include "optimizer.h"
+#include "schedules.h"
+
+typedef struct {
+    float beta1, beta2, eps, weight_decay;
+    int bias_correction;
+    const cJSON *bias_correction_m_json, *bias_correction_v_json;
+    int zero_init, eps_inside_sqrt, variant, weight_decay_mode, amsgrad, cautious;
+    const cJSON *eps_schedule_json;
+    // Resolved by adamw_check:
+    int bias_correction_m, bias_correction_v;
+    EpsSchedule eps_schedule;
+} AdamWHyper;
+
+#define AKEY(name, type, def, range, choices, doc) {#name, type, offsetof(AdamWHyper, name), def, range, choices, doc}
+static const ConfigKey adamw_keys[] = {
+    AKEY(beta1, KEY_FLOAT, "0.9", "[0,1)", NULL, "first-moment decay"),
+    AKEY(beta2, KEY_FLOAT, "0.999", "[0,1)", NULL, "second-moment decay"),
+    AKEY(eps, KEY_FLOAT, "1e-8", "(0,inf)", NULL, "denominator epsilon (start value when eps_schedule grows it)"),
+    AKEY(weight_decay, KEY_FLOAT, "0", "[0,inf)", NULL, "decay coefficient, applied as weight_decay_mode says"),
+    AKEY(bias_correction, KEY_BOOL, "true", NULL, NULL, "divide m by 1-beta1^t and v by 1-beta2^t"),
+    {"bias_correction_m", KEY_JSON, offsetof(AdamWHyper, bias_correction_m_json), NULL, NULL, NULL, "true/false: override bias_correction for m"},
+    {"bias_correction_v", KEY_JSON, offsetof(AdamWHyper, bias_correction_v_json), NULL, NULL, NULL, "true/false: override bias_correction for v"},
+    AKEY(zero_init, KEY_BOOL, "true", NULL, NULL, "false: m0 = g1, v0 = g1^2 from the first gradient"),
+    AKEY(eps_inside_sqrt, KEY_BOOL, "false", NULL, NULL, "sqrt(v_hat + eps) instead of sqrt(v_hat) + eps"),
+    {"eps_schedule", KEY_JSON, offsetof(AdamWHyper, eps_schedule_json), NULL, NULL, NULL,
+     "{type: constant|warmup_exp|log_linear, eps_max, w, E, kappa}"},
+    AKEY(variant, KEY_CHOICE, "\"standard\"", NULL, "standard|nested|laprop", "nested: EMA of g/(sqrt(v_hat)+eps); laprop: same with lr inside"),
+    AKEY(weight_decay_mode, KEY_CHOICE, "\"decoupled\"", NULL, "decoupled|l2|independent", "how weight_decay is applied"),
+    AKEY(amsgrad, KEY_BOOL, "false", NULL, NULL, "use the running maximum of v"),
+    AKEY(cautious, KEY_BOOL, "false", NULL, NULL, "mask update entries whose sign disagrees with the gradient"),
+    KEY_END,
+};
+#undef AKEY
+
+static int adamw_flag(const JsonConfig *c, const char *path, const char *key, const cJSON *v, int fallback) {
+    if (!v || cJSON_IsNull(v)) return fallback;
+    if (!cJSON_IsBool(v)) {
+        char sub[128];
+        snprintf(sub, sizeof sub, "%s.%s", path, key);
+        config_key_error(c, sub, "must be true or false");
+    }
+    return cJSON_IsTrue(v);
+}
+
+static void adamw_check(void *hyper, const JsonConfig *c, const char *path) {
+    AdamWHyper *h = (AdamWHyper *)hyper;
+    h->bias_correction_m = adamw_flag(c, path, "bias_correction_m", h->bias_correction_m_json, h->bias_correction);
+    h->bias_correction_v = adamw_flag(c, path, "bias_correction_v", h->bias_correction_v_json, h->bias_correction);
+    char sub[128];
+    snprintf(sub, sizeof sub, "%s.eps_schedule", path);
+    eps_schedule_read(&h->eps_schedule, c, h->eps_schedule_json, sub);
+}
+
+static int adamw_slots(const void *hyper) { return ((const AdamWHyper *)hyper)->amsgrad ? 3 : 2; }
+
+static AdamWStep adamw_resolve(const AdamWHyper *h, const StepInfo *info) {
+    AdamWStep s;
+    const double t = (double)info->step;
+    s.beta1 = h->beta1;
+    s.beta2 = h->beta2;
+    s.eps = (float)eps_at(&h->eps_schedule, h->eps, info->step, info->total_steps);
+    s.bc1 = h->bias_correction_m ? (float)(1.0 - pow(h->beta1, t)) : 1.0f;
+    s.bc2 = h->bias_correction_v ? (float)(1.0 - pow(h->beta2, t)) : 1.0f;
+    s.lr_update = h->variant == ADAMW_LAPROP ? 1.0f : info->lr;
+    s.lr_inner = h->variant == ADAMW_LAPROP ? info->lr : 1.0f;
+    s.keep = h->weight_decay_mode == WD_DECOUPLED     ? 1.0f - info->lr * h->weight_decay
+             : h->weight_decay_mode == WD_INDEPENDENT ? 1.0f - info->lr_scale * h->weight_decay
+                                                      : 1.0f;
+    s.l2 = h->weight_decay_mode == WD_L2 ? h->weight_decay : 0.0f;
+    s.first = !h->zero_init && info->step == 1;
+    s.eps_inside_sqrt = h->eps_inside_sqrt;
+    s.variant = h->variant;
+    s.amsgrad = h->amsgrad;
+    return s;
+}
+
+static void adamw_step_elements(const void *hyper, const StepInfo *info, float *param, const float *grad,
+                                float *const *state, size_t n) {
+    const AdamWHyper *h = (const AdamWHyper *)hyper;
+    const AdamWStep s = adamw_resolve(h, info);
+    float *m = state[0], *v = state[1], *vmax = h->amsgrad ? state[2] : state[1];
+    if (!h->cautious) {
+#pragma omp parallel for schedule(static) if (n > 4096)
+        for (size_t i = 0; i < n; i++) {
+            adamw_moments(&s, grad[i] + s.l2 * param[i], &m[i], &v[i], &vmax[i]);
+            param[i] = s.keep * param[i] - s.lr_update * adamw_direction(&s, m[i], v[i], vmax[i]);
+        }
+        return;
+    }
+    // Cautious: the rescaling needs the fraction of agreeing entries over the whole tensor,
+    // so advance the moments and count first, then apply.
+    size_t agree = 0;
+#pragma omp parallel for schedule(static) reduction(+ : agree) if (n > 4096)
+    for (size_t i = 0; i < n; i++) {
+        const float g = grad[i] + s.l2 * param[i];
+        adamw_moments(&s, g, &m[i], &v[i], &vmax[i]);
+        agree += adamw_direction(&s, m[i], v[i], vmax[i]) * g > 0.0f;
+    }
+    const float scale = 1.0f / fmaxf((float)agree / (float)n, 1e-3f);
+#pragma omp parallel for schedule(static) if (n > 4096)
+    for (size_t i = 0; i < n; i++) {
+        const float g = grad[i] + s.l2 * param[i];
+        const float u = adamw_direction(&s, m[i], v[i], vmax[i]);
+        param[i] = s.keep * param[i] - (u * g > 0.0f ? s.lr_update * scale * u : 0.0f);
+    }
+}
+
+static int adamw_log_scalars(const void *hyper, const StepInfo *s, const char **names, double *values, int max) {
+    const AdamWHyper *h = (const AdamWHyper *)hyper;
+    if (h->eps_schedule.type == EPS_CONSTANT || max < 1) return 0;
+    names[0] = "eps";
+    values[0] = eps_at(&h->eps_schedule, h->eps, s->step, s->total_steps);
+    return 1;
+}
+
+static const OptimizerDef optimizer_adamw = {
+    .name = "adamw",
+    .summary = "AdamW with the ablation switches (Loshchilov & Hutter 2019; LaProp: Ziyin et al. 2020)",
+    .keys = adamw_keys,
+    .hyper_size = sizeof(AdamWHyper),
+    .check = adamw_check,
+    .slots = adamw_slots,
+    .step_elements = adamw_step_elements,
+    .log_scalars = adamw_log_scalars,
+};
+#endif  // OPTIM_RULES_ONLY

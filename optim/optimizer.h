@@ -1,0 +1,119 @@
+// The optimizer interface, the registry and parameter groups.
+//
+// An optimizer is one header in optim/ that defines an OptimizerDef: its config keys
+// (defaults, ranges, docs), its state layout and its step. Two families exist:
+//   - element-wise (AdamW, Lion, ...): `slots` floats of state per parameter, stored
+//     slot-major per tensor (m[0..n), v[0..n), ...), and a step over a run of elements.
+//     The per-element arithmetic is a static inline HOST_DEVICE function that the CUDA
+//     kernels call unchanged. Runs of elements can be any slice, which is what ZeRO uses.
+//   - per-tensor (Muon, Shampoo, SOAP, Adafactor): a state block per tensor and a step
+//     on the whole 2-D tensor.
+// Adding an optimizer is one header plus one line in optim/registry.c.
+//
+// Groups: optimizer.groups routes tensors by role or name to an optimizer with its own
+// hyperparameters, lr and weight decay. Every tensor lands in exactly one group.
+#pragma once
+#include <stddef.h>
+#include <stdio.h>
+
+#include "../model/model.h"
+#include "../runtime/config.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    long step;               // 1-based index of the step being taken
+    long total_steps;        // train.steps, for schedules that depend on the horizon
+    float lr;                // this group's learning rate at this step
+    float lr_scale;          // the lr schedule's multiplier at this step (lr / peak lr)
+    double tokens_per_step;  // tokens in one optimizer step, all ranks and micro-batches
+} StepInfo;
+
+typedef struct OptimizerDef {
+    const char *name;
+    const char *summary;    // one line, with the reference it follows
+    const ConfigKey *keys;  // every optimizer has a "weight_decay" key
+    size_t hyper_size;      // sizeof its hyperparameter struct (filled from keys)
+    // Cross-key validation after reading; NULL if none.
+    void (*check)(void *hyper, const JsonConfig *c, const char *path);
+    // NULL if the optimizer can take this tensor, else why not (e.g. Muon on an embedding).
+    const char *(*refuses)(const void *hyper, const ParamTensor *t);
+
+    // Element-wise family.
+    int (*slots)(const void *hyper);
+    void (*step_elements)(const void *hyper, const StepInfo *s, float *param, const float *grad,
+                          float *const *state, size_t n);
+
+    // Per-tensor family.
+    size_t (*tensor_state)(const void *hyper, const ParamTensor *t);
+    void (*init_tensor_state)(const void *hyper, const ParamTensor *t, float *state);  // NULL: zeros
+    void (*step_tensor)(const void *hyper, const StepInfo *s, const ParamTensor *t, float *param,
+                        const float *grad, float *state);
+
+    // Curvature hook (Sophia): on steps where curvature_due() is true, the trainer runs
+    // an extra backward with labels sampled from the model and passes that gradient here.
+    int (*curvature_due)(const void *hyper, long step);
+    void (*curvature_elements)(const void *hyper, const StepInfo *s, const float *curvature_grad,
+                               float *const *state, size_t n);
+
+    // Scheduled values worth logging (e.g. AdamW's eps when it follows a schedule): fills
+    // up to `max` names and values and returns how many. NULL: none.
+    int (*log_scalars)(const void *hyper, const StepInfo *s, const char **names, double *values, int max);
+} OptimizerDef;
+
+const OptimizerDef *optimizer_find(const char *name);
+// NULL-terminated list of all registered optimizers.
+const OptimizerDef *const *optimizer_registry(void);
+
+typedef struct {
+    char label[64];            // "0:adamw" etc., for logs
+    const OptimizerDef *def;
+    void *hyper;               // def->hyper_size bytes
+    cJSON *json;               // the group's merged settings; KEY_JSON hyperparameters point into it
+    float lr_peak;             // absolute peak learning rate of this group
+    int n_tensors;
+    int *tensors;              // indices into the model's tensor list
+    size_t numel, state_floats;
+} OptimGroup;
+
+typedef struct {
+    OptimGroup *groups;
+    int n_groups;
+    const ParamTensor *tensors;  // the model's tensors (not owned)
+    int n_tensors;
+    int *group_of;               // per tensor
+    size_t *state_offset;        // per tensor, into the state array
+    size_t state_floats;         // total state size
+    float *state;                // host state (CPU trainer); may be NULL when it lives elsewhere
+    int elementwise_only;        // every group is element-wise (ZeRO-1 can shard it)
+} Optimizer;
+
+// Builds the groups from the "optimizer" section. `base_lr` is schedule.lr. Errors name
+// the key and file: unknown optimizer, unknown key, a tensor in no group or in two.
+void optim_build(Optimizer *opt, const JsonConfig *c, const ParamTensor *tensors, int n_tensors, float base_lr);
+void optim_free(Optimizer *opt);
+// Allocates and initialises opt->state on the host.
+void optim_alloc_state(Optimizer *opt);
+// Prints groups, parameter counts and state bytes.
+void optim_print(const Optimizer *opt, FILE *out);
+
+// One step of every group on the CPU. `base` gives the step, the horizon, the schedule
+// multiplier and the tokens per step; each group's lr is its peak lr times lr_scale.
+void optim_step_cpu(Optimizer *opt, float *params, const float *grads, const StepInfo *base);
+int optim_needs_curvature(const Optimizer *opt, long step);
+void optim_curvature_cpu(Optimizer *opt, const float *curvature_grads, const StepInfo *base);
+// The StepInfo a group sees: `base` with the group's own learning rate.
+StepInfo optim_group_step_info(const OptimGroup *g, const StepInfo *base);
+
+// Slot pointers of an element-wise tensor's state (slot-major layout).
+static inline void optim_slot_pointers(float *state, size_t numel, int slots, float **out) {
+    for (int s = 0; s < slots; s++) out[s] = state + (size_t)s * numel;
+}
+
+#define OPTIM_MAX_SLOTS 8
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,19 @@
+// The optimizer registry: one include and one table entry per optimizer.
+#include <string.h>
+
+#include "optimizer.h"
+
+#include "adamw.h"
+
+static const OptimizerDef *const registry[] = {
+    &optimizer_adamw,
+    NULL,
+};
+
+const OptimizerDef *const *optimizer_registry(void) { return registry; }
+
+const OptimizerDef *optimizer_find(const char *name) {
+    for (const OptimizerDef *const *d = registry; *d; d++)
+        if (strcmp((*d)->name, name) == 0) return *d;
+    return NULL;
+}

@@ -1,0 +1,52 @@
+// What the training loop needs from a device: the CPU trainer (train_gpt.c) and the CUDA
+// trainer (train_gpt.cu) each implement this, and runtime/trainer.c drives either one,
+// so configs, logs, checkpoints and the CLI are the same on both.
+#pragma once
+#include "../model/model.h"
+#include "../optim/optimizer.h"
+#include "rng.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    double update_rms, grad_rms;  // per group, when diagnostics are on
+} GroupDiagnostics;
+
+typedef struct Backend Backend;
+struct Backend {
+    const char *name;            // "cpu" or "cuda"
+    const ModelLayout *layout;
+    Optimizer *opt;              // groups and state layout; the state itself lives in the backend
+    void *self;
+
+    // Forward and backward of one micro-batch of B x T tokens: adds
+    // grad_scale * d(mean loss)/d(params) to the gradients and returns the mean loss.
+    // targets == NULL samples the labels from the model's softmax with rng.
+    float (*train_micro)(Backend *b, const int *inputs, const int *targets, int B, int T, float grad_scale, Rng *rng);
+    // Mean loss of one micro-batch, no gradients.
+    float (*eval_micro)(Backend *b, const int *inputs, const int *targets, int B, int T);
+    // Logits (vocab_size floats, host) for the token after tokens[0..t).
+    void (*next_logits)(Backend *b, const int *tokens, int t, float *logits);
+
+    void (*zero_grad)(Backend *b);
+    // The gradient buffer (host or device memory), for the collectives.
+    float *(*grad_buffer)(Backend *b);
+    double (*grad_sq_norm)(Backend *b);
+    void (*scale_grads)(Backend *b, float s);
+    // One optimizer step of every group; fills diag[n_groups] when diag != NULL.
+    void (*optimizer_step)(Backend *b, const StepInfo *base, GroupDiagnostics *diag);
+    // The curvature hook: the current gradients are the sampled-label gradients.
+    void (*curvature_step)(Backend *b, const StepInfo *base);
+
+    // Host copies for checkpoints.
+    void (*get_params)(Backend *b, float *dst);
+    void (*set_params)(Backend *b, const float *src);
+    void (*get_state)(Backend *b, float *dst);
+    void (*set_state)(Backend *b, const float *src);
+};
+
+#ifdef __cplusplus
+}
+#endif
