@@ -13,68 +13,6 @@
 #include "harness.h"
 #include "test_util.h"
 
-static const char *TINY =
-    "{\"model\": {\"arch\": \"%s\", \"n_layer\": 2, \"n_head\": 2, \"n_embd\": 16, \"block_size\": 8, \"vocab_size\": 13},"
-    " \"data\": {\"train\": \"%s/train_*.bin\", \"val\": \"%s/val_*.bin\"},"
-    " \"train\": {\"batch_size\": 3, \"grad_accum\": 2, \"steps\": %d, \"seed\": 5},"
-    " \"schedule\": {\"lr\": 3e-3, \"warmup\": 2},"
-    " \"optimizer\": %s,"
-    " \"eval\": {\"every\": 3, \"batches\": 2}, \"checkpoint\": {\"every\": %d, \"keep\": 0}, \"log\": {\"every\": 1}}";
-
-static void tiny_config(RunConfig *rc, const char *arch, int steps, int ckpt_every, const char *optimizer) {
-    const char *data = tmp_path("tiny_data");
-    if (!file_exists(tmp_path("tiny_data/train_000000.bin"))) write_random_shards(data, 13, 4000, 1000, 3);
-    char json[4096];
-    snprintf(json, sizeof json, TINY, arch, data, data, steps, optimizer, ckpt_every);
-    run_config_from_text(rc, json);
-}
-
-// Losses of log.jsonl, indexed by step (train loss; NAN where absent).
-static void read_losses(const char *dir, double *loss, int max_step) {
-    for (int i = 0; i <= max_step; i++) loss[i] = NAN;
-    char path[4096];
-    snprintf(path, sizeof path, "%s/log.jsonl", dir);
-    char *text = read_file(path, NULL);
-    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
-        cJSON *rec = cJSON_Parse(line);
-        const cJSON *step = cJSON_GetObjectItem(rec, "step"), *l = cJSON_GetObjectItem(rec, "loss");
-        if (cJSON_IsNumber(step) && cJSON_IsNumber(l) && step->valueint <= max_step) loss[step->valueint] = l->valuedouble;
-        cJSON_Delete(rec);
-    }
-    free(text);
-}
-
-static void run(RunConfig *rc, const char *out, const char *resume) {
-    Backend *b = cpu_backend_create(rc);
-    TrainOptions o = {out, resume, 1};
-    train_run(rc, b, &o, NULL);
-    cpu_backend_free(b);
-}
-
-// Train 2N steps in one go; separately resume from the step-N checkpoint of that run and
-// train N more: every loss after the resume must equal the unbroken run's exactly.
-static void check_resume_identical(const char *arch, const char *optimizer, const char *tag) {
-    enum { N = 4 };
-    char full[600], resumed[600], ckpt[700];
-    snprintf(full, sizeof full, "%s/full_%s", test_tmpdir(), tag);
-    snprintf(resumed, sizeof resumed, "%s/resumed_%s", test_tmpdir(), tag);
-    RunConfig rc;
-    tiny_config(&rc, arch, 2 * N, N, optimizer);
-    run(&rc, full, NULL);
-    run_config_free(&rc);
-    checkpoint_path(ckpt, sizeof ckpt, full, N);
-    CHECKF(file_exists(ckpt), "no checkpoint %s", ckpt);
-    tiny_config(&rc, arch, 2 * N, N, optimizer);
-    run(&rc, resumed, ckpt);
-    run_config_free(&rc);
-    double a[2 * N + 1], b[2 * N + 1];
-    read_losses(full, a, 2 * N);
-    read_losses(resumed, b, 2 * N);
-    for (int s = N + 1; s <= 2 * N; s++)
-        CHECKF(a[s] == b[s] && !isnan(a[s]), "%s: step %d loss %.9g (unbroken) vs %.9g (resumed)", tag, s, a[s], b[s]);
-    CHECKF(a[2 * N] < a[1], "%s: the loss did not fall (%g -> %g)", tag, a[1], a[2 * N]);
-}
-
 TEST(train_resume_bit_identical_gpt2) { check_resume_identical("gpt2", "{\"weight_decay\": 0.1}", "gpt2"); }
 TEST(train_resume_bit_identical_llama) { check_resume_identical("llama", "{\"weight_decay\": 0.1}", "llama"); }
 
@@ -83,7 +21,7 @@ static void resume_mismatch(void *arg) {
     tiny_config(&rc, "gpt2", 8, 4, (const char *)arg);
     char ckpt[700];
     checkpoint_path(ckpt, sizeof ckpt, tmp_path("full_gpt2"), 4);
-    run(&rc, tmp_path("mismatch"), ckpt);
+    run_training(&rc, tmp_path("mismatch"), ckpt);
 }
 
 static void resume_other_arch(void *arg) {
@@ -91,13 +29,13 @@ static void resume_other_arch(void *arg) {
     tiny_config(&rc, "llama", 8, 4, "{}");
     char ckpt[700];
     checkpoint_path(ckpt, sizeof ckpt, tmp_path("full_gpt2"), 4);
-    run(&rc, tmp_path("mismatch"), ckpt);
+    run_training(&rc, tmp_path("mismatch"), ckpt);
 }
 
 static void load_truncated(void *arg) {
     RunConfig rc;
     tiny_config(&rc, "gpt2", 8, 4, "{}");
-    run(&rc, tmp_path("mismatch"), (const char *)arg);
+    run_training(&rc, tmp_path("mismatch"), (const char *)arg);
 }
 
 TEST(train_checkpoint_errors) {

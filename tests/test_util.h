@@ -12,3 +12,14 @@ void run_config_from_text(RunConfig *rc, const char *json);
 void write_text(const char *path, const char *text);
 // Writes DIR/train_000000.bin and DIR/val_000000.bin of random tokens below vocab.
 void write_random_shards(const char *dir, int vocab, int train_tokens, int val_tokens, uint64_t seed);
+
+// A tiny model on synthetic data (vocab 13, 2 layers, batch 3 x 8, grad_accum 2) with the
+// given optimizer section (JSON), checkpointing every ckpt_every steps.
+void tiny_config(RunConfig *rc, const char *arch, int steps, int ckpt_every, const char *optimizer_json);
+// Runs training into `out`, resuming from the checkpoint `resume` when not NULL.
+void run_training(RunConfig *rc, const char *out, const char *resume);
+// Train losses from out/log.jsonl indexed by step (NAN where absent), steps 0..max_step.
+void read_losses(const char *dir, double *loss, int max_step);
+// 2N steps unbroken vs N steps, checkpoint, resume, N steps: the losses after the resume
+// must be identical. `tag` names the run directories.
+void check_resume_identical(const char *arch, const char *optimizer_json, const char *tag);
