@@ -38,14 +38,25 @@ train_gpt: $(BUILD)/train_gpt.o $(BUILD)/libgpt.a
 prepare_data: $(BUILD)/data/prepare_data.o $(BUILD)/libgpt.a
 	$(CC) $^ $(LDLIBS) -o $@
 
+bench_gpt: $(BUILD)/bench_gpt.o $(BUILD)/libgpt.a
+	$(CC) $^ $(LDLIBS) -o $@
+
+# Throughput of the baby Shakespeare config and of llm.c's CPU shape.
+bench: bench_gpt
+	./bench_gpt -c configs/shakespeare_char.json
+	./bench_gpt -c configs/bench/llmc_cpu.json --steps 5
+
 # Tests register themselves through constructors, so link the objects, not an archive.
 test_gpt: $(BUILD)/test_gpt.o $(TEST_OBJ) $(BUILD)/libgpt.a
 	$(CC) $^ $(LDLIBS) -o $@
 
+# The Python suite covers scripts/sweep and scripts/report (numpy/matplotlib from Debian).
+PYTHON ?= /usr/bin/python3
 test: test_gpt prepare_data train_gpt
 	./test_gpt
+	$(PYTHON) -m unittest discover -s tests -p 'test_*.py'
 
 clean:
-	rm -rf $(BUILD) train_gpt prepare_data test_gpt
+	rm -rf $(BUILD) train_gpt prepare_data test_gpt bench_gpt
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

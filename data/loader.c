@@ -108,13 +108,15 @@ static void ensure_perm(DataLoader *dl, int si) {
     dl->perm_shard = si;
 }
 
-// Leaves a shard that has fewer than one global micro-batch left (and the epoch after its last shard).
+// Leaves a shard that cannot supply the next step's window (and the epoch after its last
+// shard). Only step boundaries (rows at multiples of the window) are checked: a window
+// that fitted when it started is finished in the same shard.
 static void normalize(DataLoader *dl) {
-    int64_t G = (int64_t)dl->B * dl->world;
+    const int64_t W = (int64_t)dl->B * dl->world * dl->accum;
     for (;;) {
         ensure_order(dl);
         int64_t rows = dl->shard_rows[dl->order[dl->pos.shard]];
-        if (dl->pos.row + G <= rows) return;
+        if (dl->pos.row % W != 0 || dl->pos.row + W <= rows) return;
         dl->pos.row = 0;
         if (++dl->pos.shard == dl->num_shards) {
             dl->pos.shard = 0;
@@ -167,6 +169,7 @@ void loader_open(DataLoader *dl, const char *globs, int B, int T, int rank, int 
     dl->T = T;
     dl->rank = rank;
     dl->world = world;
+    dl->accum = 1;
     dl->vocab_size = vocab_size;
     dl->shuffle = shuffle != 0;
     dl->seed = seed;
@@ -207,6 +210,19 @@ void loader_next(DataLoader *dl, int *inputs, int *targets) {
     }
     dl->pos.row += (int64_t)dl->B * dl->world;
     normalize(dl);
+}
+
+void loader_set_accum(DataLoader *dl, int accum) {
+    if (accum < 1) fatal("%s: grad_accum %d must be positive", dl->key, accum);
+    const int64_t W = (int64_t)dl->B * dl->world * accum;
+    int64_t steps = 0;
+    for (int i = 0; i < dl->num_shards; i++) steps += dl->shard_rows[i] / W;
+    if (steps == 0)
+        fatal("%s: too few tokens: no shard holds one optimizer step of B*world*grad_accum = %lld rows of T = %d",
+              dl->key, (long long)W, dl->T);
+    dl->accum = accum;
+    dl->batches_per_epoch = steps * accum;
+    loader_reset(dl);
 }
 
 void loader_reset(DataLoader *dl) {

@@ -13,14 +13,15 @@
 //    targets". Hence one rank calling twice sees what ranks 0 and 1 of a world of 2 see
 //    in one call each (as long as both switch shards at the same place: see below).
 //  - Within a shard, rows are taken in order (or in a permuted order, with shuffle);
-//    when fewer than G rows are left, those are dropped for this epoch and the next shard
+//    when fewer than one optimizer step's window (G*accum rows, see loader_set_accum) is
+//    left at a step boundary, those rows are dropped for this epoch and the next shard
 //    starts. After the last shard the epoch is incremented and the first shard follows.
 //  - Shuffle: at the start of epoch e the shard order is a permutation drawn from an RNG
 //    seeded from (seed, e), and the row order of each shard is a permutation drawn from
 //    an RNG seeded from (seed, e, shard's index in the sorted list). Nothing depends on
 //    world or rank, so all world sizes walk the same row sequence and only slice it.
-//    With or without shuffle, the rows dropped at a shard's end depend on G, so world
-//    sizes agree exactly when every shard's row count is a multiple of each G compared.
+//    The rows dropped at a shard's end depend only on the step window B*world*accum, so
+//    runs with the same global batch agree exactly whatever their (world, accum) split.
 //  - Tokens are validated as they are read: a token >= vocab_size (vocab_size > 0) is a
 //    fatal error naming the shard, the token offset in it and the vocab size.
 //  - LoaderPos {epoch, shard, row}: shard is the ordinal in this epoch's shard order (not
@@ -42,6 +43,7 @@ typedef struct {
 
 typedef struct {
     int B, T, rank, world, vocab_size, shuffle;
+    int accum;             // micro-batches per optimizer step (loader_set_accum)
     uint64_t seed;
     char *key;             // config key for messages, e.g. "data.train"
     int num_shards;        // usable shards, sorted by path
@@ -63,6 +65,11 @@ void loader_open(DataLoader *dl, const char *globs, int B, int T, int rank, int 
                  uint64_t seed, const char *config_key);
 // Fills B*T ints each, for this rank, and moves on by one global micro-batch.
 void loader_next(DataLoader *dl, int *inputs, int *targets);
+// Micro-batches per optimizer step (default 1). Shards are then switched only between
+// steps: a step's window of B*world*accum rows never straddles two shards, so the same
+// global batch split as (world, accum) = (1, 2) or (2, 1) reads exactly the same rows for
+// the whole run. Resets the position.
+void loader_set_accum(DataLoader *dl, int accum);
 // Back to epoch 0, first shard, first row (used for val before each evaluation).
 void loader_reset(DataLoader *dl);
 LoaderPos loader_tell(const DataLoader *dl);

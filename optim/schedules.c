@@ -68,3 +68,11 @@ double linear_warmup(double from, double to, long t, long steps) {
     if (steps <= 0 || t >= steps) return to;
     return from + (to - from) * (double)t / (double)steps;
 }
+
+static double halflife(double beta) { return log(0.5) / log(beta + 1e-8) - 1.0; }
+
+double halflife_warmup(double from, double to, long t, long steps) {
+    if (steps <= 0 || t >= steps) return to;
+    const double a = (double)t / (double)steps;
+    return pow(0.5, 1.0 / ((1.0 - a) * halflife(from) + a * halflife(to) + 1.0));
+}

@@ -48,6 +48,13 @@ double eps_at(const EpsSchedule *s, double eps, long t, long T);
 // used for momentum and beta warmups. steps <= 0 gives `to`.
 double linear_warmup(double from, double to, long t, long steps);
 
+// AdEMAMix's beta3 warmup (Pagliardini et al. 2024, and their official code): linear in
+// the half-life f(beta) = ln(0.5) / ln(beta + 1e-8) - 1 from `from` (at t = 0) to `to` (at
+// t = steps), that is beta(t) = 0.5^(1 / (1 + (1 - t/steps) f(from) + (t/steps) f(to))).
+// t >= steps (or steps <= 0) gives `to` exactly. The 1e-8 is the official code's guard
+// for from = 0.
+double halflife_warmup(double from, double to, long t, long steps);
+
 #ifdef __cplusplus
 }
 #endif

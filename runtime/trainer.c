@@ -216,6 +216,7 @@ void train_run(const RunConfig *rc, Backend *b, const TrainOptions *opts, TrainS
     tr.tokens_per_step = (double)tr.B * tr.T * tr.accum * tr.world;
     loader_open(&tr.train, rc->data.train, tr.B, tr.T, tr.rank, tr.world, rc->model.vocab_size, rc->data.shuffle,
                 (uint64_t)rc->train.seed, "data.train");
+    loader_set_accum(&tr.train, tr.accum);
     tr.has_val = rc->data.val[0] != '\0';
     if (tr.has_val) loader_open(&tr.val, rc->data.val, tr.B, tr.T, tr.rank, tr.world, rc->model.vocab_size, 0, 0, "data.val");
     if (rc->sample.every) load_tokenizer(&tr);
