@@ -1,15 +1,19 @@
 // AdamW and its ablation family (Loshchilov & Hutter 2019, "Decoupled Weight Decay
 // Regularization"; the switches follow the AdamW-ablation thesis this project reproduces).
-// Every switch is independent:
+// Every switch is independent (and they compose: zero_init=false with bias correction on
+// still divides by 1-beta^t, which is one cell of the thesis' bias-correction x zero-init grid):
 //   bias_correction (or _m / _v separately)   divide m by 1-beta1^t, v by 1-beta2^t
-//   zero_init=false                           m0 = g1, v0 = g1^2 instead of zeros
+//   zero_init=false                           m0 = g1, v0 = g1^2 instead of zeros, then the
+//                                             usual EMA update (so m1 = g1, v1 = g1^2)
 //   eps_inside_sqrt                           sqrt(v_hat + eps) instead of sqrt(v_hat) + eps
 //   eps_schedule                              eps as a function of the step (optim/schedules.h)
 //   variant "nested"                          m is an EMA of g / (sqrt(v_hat) + eps); p -= lr m_hat
 //   variant "laprop"                          as nested with the lr inside the EMA; p -= m_hat
 //   weight_decay_mode                         decoupled: p *= 1 - lr wd; l2: g += wd p;
-//                                             independent: p *= 1 - s_t wd (s_t = lr schedule multiplier)
-//   amsgrad                                   denominator from the running max of v
+//                                             independent: p *= 1 - s_t wd (s_t = lr schedule multiplier,
+//                                             lr_t / peak lr: the decay follows the schedule's shape
+//                                             but not the lr's size; Wortsman et al. 2023)
+//   amsgrad                                   as torch: vmax = max(vmax, v), denominator from vmax / (1-beta2^t)
 //   cautious                                  zero update entries whose sign disagrees with g,
 //                                             rescaled by 1/max(mean(mask), 1e-3) (Liang et al. 2024)
 // State: m, v (and vmax with amsgrad), one float each per parameter.

@@ -4,9 +4,19 @@
 #include "optimizer.h"
 
 #include "adamw.h"
+#include "sgd.h"
+#include "lion.h"
+#include "adopt.h"
+#include "ademamix.h"
+#include "adafactor.h"
 
 static const OptimizerDef *const registry[] = {
     &optimizer_adamw,
+    &optimizer_sgd,
+    &optimizer_lion,
+    &optimizer_adopt,
+    &optimizer_ademamix,
+    &optimizer_adafactor,
     NULL,
 };
 
