@@ -52,13 +52,24 @@ static void record_tree(JsonConfig *c, const cJSON *node, const char *path, cons
     }
 }
 
-// Deep merge: objects merge member by member, anything else (arrays included) replaces.
+// An object whose "name" changes (e.g. optimizer adamw -> lion) is a different thing:
+// it starts afresh instead of inheriting the old one's keys, which it would not know.
+static int renamed(const cJSON *old_obj, const cJSON *new_name) {
+    const cJSON *old_name = cJSON_GetObjectItemCaseSensitive(old_obj, "name");
+    return cJSON_IsString(old_name) && cJSON_IsString(new_name) && strcmp(old_name->valuestring, new_name->valuestring) != 0;
+}
+
+// Deep merge: objects merge member by member, anything else (arrays included) replaces,
+// and null deletes the key (so a child config can drop a key its base sets).
 static void merge_into(JsonConfig *c, cJSON *dst, const cJSON *src, const char *path, const char *origin) {
     for (const cJSON *m = src->child; m; m = m->next) {
         char sub[512];
         join_path(sub, sizeof sub, path, m->string);
         cJSON *existing = cJSON_GetObjectItemCaseSensitive(dst, m->string);
-        if (existing && cJSON_IsObject(existing) && cJSON_IsObject(m)) {
+        if (cJSON_IsNull(m)) {
+            cJSON_DeleteItemFromObjectCaseSensitive(dst, m->string);
+        } else if (existing && cJSON_IsObject(existing) && cJSON_IsObject(m) &&
+                   !renamed(existing, cJSON_GetObjectItemCaseSensitive(m, "name"))) {
             record_origin(c, sub, origin);
             merge_into(c, existing, m, sub, origin);
         } else {
@@ -135,9 +146,19 @@ static void apply_override(JsonConfig *c, const char *assignment) {
         snprintf(path, sizeof path, "%s", sub);
         cJSON *child = cJSON_GetObjectItemCaseSensitive(node, part);
         if (!next) {
-            if (child) cJSON_ReplaceItemInObjectCaseSensitive(node, part, value);
-            else cJSON_AddItemToObject(node, part, value);
-            record_tree(c, value, path, origin);
+            if (strcmp(part, "name") == 0 && renamed(node, value)) {
+                // Same rule as merging: a renamed object starts afresh.
+                while (node->child) cJSON_Delete(cJSON_DetachItemViaPointer(node, node->child));
+                child = NULL;
+            }
+            if (cJSON_IsNull(value)) {
+                cJSON_DeleteItemFromObjectCaseSensitive(node, part);
+                cJSON_Delete(value);
+            } else {
+                if (child) cJSON_ReplaceItemInObjectCaseSensitive(node, part, value);
+                else cJSON_AddItemToObject(node, part, value);
+                record_tree(c, value, path, origin);
+            }
             return;
         }
         if (!child) {
@@ -344,7 +365,8 @@ void config_print_keys(const char *section, const ConfigKey *keys) {
         char full[128];
         snprintf(full, sizeof full, "%s.%s", section, k->name);
         const char *type = k->type == KEY_CHOICE ? k->choices : type_name(k->type);
-        printf("  %-32s %-26s default %-10s%s%s  %s\n", full, type, k->def ? k->def : "(required)",
+        const char *def = k->def ? k->def : k->type == KEY_JSON ? "(none)" : "(required)";
+        printf("  %-32s %-26s default %-10s%s%s  %s\n", full, type, def,
                k->range ? " range " : "", k->range ? k->range : "", k->doc ? k->doc : "");
     }
 }

@@ -183,20 +183,30 @@ static void print_header(const Trainer *tr, long start_step) {
     fflush(stdout);
 }
 
+// Scheduled optimizer values (e.g. AdamW's eps). A value every reporting group agrees on
+// is logged under its bare name ("eps"), else once per group ("eps/<label>").
 static void add_optimizer_scalars(const Trainer *tr, cJSON *rec, const StepInfo *base) {
     const Optimizer *opt = tr->b->opt;
-    for (int gi = 0; gi < opt->n_groups; gi++) {
+    enum { MAX = 8 };
+    const char *names[64][MAX];
+    double values[64][MAX];
+    int counts[64] = {0};
+    const int n_groups = opt->n_groups < 64 ? opt->n_groups : 64;
+    for (int gi = 0; gi < n_groups; gi++) {
         const OptimGroup *g = &opt->groups[gi];
-        if (!g->def->log_scalars) continue;
-        const char *names[8];
-        double values[8];
         const StepInfo s = optim_group_step_info(g, base);
-        const int n = g->def->log_scalars(g->hyper, &s, names, values, 8);
-        for (int i = 0; i < n; i++) {
+        if (g->def->log_scalars) counts[gi] = g->def->log_scalars(g->hyper, &s, names[gi], values[gi], MAX);
+    }
+    for (int gi = 0; gi < n_groups; gi++) {
+        for (int i = 0; i < counts[gi]; i++) {
+            int agree = 1;
+            for (int gj = 0; gj < n_groups && agree; gj++)
+                for (int j = 0; j < counts[gj]; j++)
+                    if (strcmp(names[gj][j], names[gi][i]) == 0 && values[gj][j] != values[gi][i]) agree = 0;
             char key[128];
-            if (opt->n_groups == 1) snprintf(key, sizeof key, "%s", names[i]);
-            else snprintf(key, sizeof key, "%s/%s", names[i], g->label);
-            if (!cJSON_HasObjectItem(rec, key)) cJSON_AddNumberToObject(rec, key, values[i]);
+            if (agree) snprintf(key, sizeof key, "%s", names[gi][i]);
+            else snprintf(key, sizeof key, "%s/%s", names[gi][i], opt->groups[gi].label);
+            if (!cJSON_HasObjectItem(rec, key)) cJSON_AddNumberToObject(rec, key, values[gi][i]);
         }
     }
 }
@@ -272,8 +282,9 @@ void train_run(const RunConfig *rc, Backend *b, const TrainOptions *opts, TrainS
 
         const float lr_scale = lr_scale_at(&rc->schedule, step, tr.steps);
         const StepInfo base = {step, tr.steps, rc->schedule.lr * lr_scale, lr_scale, tr.tokens_per_step};
+        const int log_due = log_every && (step % log_every == 0 || step == start + 1 || step == tr.steps);
         const double t_opt = wall_time();
-        b->optimizer_step(b, &base, diag);
+        b->optimizer_step(b, &base, log_due ? diag : NULL);
         const double opt_s = wall_time() - t_opt;
         if (optim_needs_curvature(b->opt, step)) {
             // Gauss-Newton-Bartlett: gradients of the loss on labels sampled from the model.
@@ -293,7 +304,7 @@ void train_run(const RunConfig *rc, Backend *b, const TrainOptions *opts, TrainS
             val_loss = evaluate(&tr);
             if (isnan(best_val) || val_loss < best_val) best_val = val_loss;
         }
-        const int do_log = (log_every && (step % log_every == 0 || step == start + 1 || step == tr.steps)) || do_eval;
+        const int do_log = log_due || do_eval;
         if (tr.rank == 0 && do_log) {
             cJSON *rec = cJSON_CreateObject();
             cJSON_AddNumberToObject(rec, "step", (double)step);
@@ -305,7 +316,7 @@ void train_run(const RunConfig *rc, Backend *b, const TrainOptions *opts, TrainS
             cJSON_AddNumberToObject(rec, "opt_ms", opt_s * 1e3);
             if (do_eval) cJSON_AddNumberToObject(rec, "val_loss", val_loss);
             add_optimizer_scalars(&tr, rec, &base);
-            for (int gi = 0; diag && gi < b->opt->n_groups; gi++) {
+            for (int gi = 0; diag && log_due && gi < b->opt->n_groups; gi++) {
                 char key[96];
                 snprintf(key, sizeof key, "update_rms/%s", b->opt->groups[gi].label);
                 cJSON_AddNumberToObject(rec, key, diag[gi].update_rms);

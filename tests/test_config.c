@@ -11,7 +11,7 @@ static const char *BASE =
     "{\"model\": {\"n_layer\": 2, \"n_head\": 2, \"n_embd\": 8, \"block_size\": 8, \"vocab_size\": 11},\n"
     " \"data\": {\"train\": \"x/train_*.bin\"},\n"
     " \"train\": {\"batch_size\": 4, \"steps\": 10},\n"
-    " \"optimizer\": {\"beta1\": 0.8, \"beta2\": 0.95}}\n";
+    " \"optimizer\": {\"name\": \"adamw\", \"beta1\": 0.8, \"beta2\": 0.95}}\n";
 
 TEST(config_extends_and_set) {
     write_text(tmp_path("base.json"), BASE);
@@ -137,4 +137,28 @@ TEST(optimizer_group_errors) {
     EXPECT_FATAL(build_groups, (void *)"{\"name\": \"sgdd\"}", "optimizer.name: unknown optimizer \"sgdd\"");
     EXPECT_FATAL(build_groups, (void *)"{\"beta1\": 1.5}", "optimizer.beta1: 1.5 is out of range [0,1)");
     EXPECT_FATAL(build_groups, (void *)"{\"groups\": [{\"params\": \"all\", \"lr\": 1, \"lr_mult\": 2}]}", "either lr or lr_mult");
+}
+
+// A child config that switches optimizer starts the optimizer section afresh (the base's
+// AdamW keys would be unknown to Lion), and null removes an inherited key.
+TEST(config_rename_resets_section_and_null_deletes) {
+    write_text(tmp_path("base.json"), BASE);
+    write_text(tmp_path("lion.json"), "{\"extends\": \"base.json\", \"optimizer\": {\"name\": \"lion\", \"beta1\": 0.95},"
+                                      " \"train\": {\"batch_size\": null}}");
+    JsonConfig *c = json_config_load(tmp_path("lion.json"), NULL, 0);
+    const cJSON *opt = json_config_section(c, "optimizer");
+    CHECK(cJSON_GetArraySize(opt) == 2 && cJSON_GetObjectItem(opt, "beta2") == NULL);
+    CHECK(cJSON_GetObjectItem(json_config_section(c, "train"), "batch_size") == NULL);
+    CHECK(cJSON_GetObjectItem(json_config_section(c, "train"), "steps") != NULL);
+    json_config_free(c);
+    const char *sets[] = {"optimizer.name=sgd", "optimizer.momentum=0.8", "optimizer.beta2=null"};
+    c = json_config_load(tmp_path("base.json"), sets, 3);
+    opt = json_config_section(c, "optimizer");
+    CHECK(cJSON_GetArraySize(opt) == 2 && cJSON_GetObjectItem(opt, "beta1") == NULL); // name + momentum
+    CHECK(cJSON_GetObjectItem(opt, "momentum")->valuedouble == 0.8);
+    json_config_free(c);
+    const char *same[] = {"optimizer.name=adamw"};  // naming the optimizer it already has keeps its keys
+    c = json_config_load(tmp_path("base.json"), same, 1);
+    CHECK(cJSON_GetObjectItem(json_config_section(c, "optimizer"), "beta1") != NULL);
+    json_config_free(c);
 }
