@@ -1,5 +1,5 @@
 // Per-element activation math shared by the CPU kernels (gcc, C) and the CUDA kernels
-// (nvcc, C++), so that both sides compute exactly the same function.
+// (nvcc, C++), so that both sides use the same formulas.
 //   gelu(x) = 0.5 x (1 + tanh(k (x + 0.044715 x^3))), k = sqrt(2/pi)  (GPT-2's tanh form)
 //   silu(x) = x sigmoid(x)
 // GELU is evaluated through the identity 0.5 (1 + tanh(u)) = sigmoid(2u): it is the same
@@ -13,8 +13,8 @@
 // Without -ffast-math glibc does not tell gcc that expf has vector variants in libmvec
 // (linked through -lm), so a loop calling expf stays scalar: ~6 ns per element, which would
 // make GELU and softmax cost more than the GEMMs. This declaration lets the vectoriser call
-// libmvec's expf (at most 4 ulp, IEEE special cases kept: NaN in, NaN out). C only: in C++
-// expf has C linkage and a second declaration would be a different function.
+// libmvec's expf (at most 4 ulp, IEEE special cases kept: NaN in, NaN out). C only: no C++
+// host code runs these loops, and the CUDA device code has its own expf.
 #if defined(__GNUC__) && !defined(__clang__) && !defined(__cplusplus) && !defined(__CUDACC__) && \
     defined(__x86_64__) && defined(__GLIBC__) && !defined(__FAST_MATH__)
 float expf(float) __attribute__((simd("notinbranch")));

@@ -40,7 +40,7 @@ static inline void rmsnorm_backward(float *restrict dinp, float *restrict dweigh
             float sgx = 0.0f;
 #pragma omp simd reduction(+ : sgx)
             for (int c = 0; c < C; c++) sgx += d[c] * weight[c] * x[c];
-            // mean(g * xhat) * rstd, folded: xhat * mean(g * xhat) = x * r^2 * sgx / C
+            // xhat * mean(g * xhat) = x * (r^2 * sum(g * x) / C)
             const float k = sgx * r * r / (float)C;
 #pragma omp simd
             for (int c = 0; c < C; c++) dx[c] += (d[c] * weight[c] - x[c] * k) * r;

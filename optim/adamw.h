@@ -25,37 +25,44 @@
 enum { ADAMW_STANDARD, ADAMW_NESTED, ADAMW_LAPROP };
 enum { WD_DECOUPLED, WD_L2, WD_INDEPENDENT };
 
-// What the per-element rule needs for one step, resolved once per step on the host.
+// What the per-element rule needs for one step, resolved once per step on the host. The
+// switches become arithmetic factors, so the rule has no branches: loops over it
+// vectorise and GPU warps never diverge.
 typedef struct {
-    float beta1, beta2, eps;
-    float bc1, bc2;    // bias-correction divisors (1 when switched off)
-    float lr_update;   // multiplies the direction: lr, or 1 for LaProp (its lr is inside m)
-    float lr_inner;    // multiplies the preconditioned gradient inside m: lr for LaProp, else 1
-    float keep;        // p <- keep * p - lr_update * u   (decoupled and independent decay)
-    float l2;          // g <- g + l2 * p                 (L2 decay)
-    int first;         // first step without zero-init: the moments start from the gradient
-    int eps_inside_sqrt, variant, amsgrad;
+    float beta1, beta2;           // 0 on the first step without zero-init: moments start from g
+    float bc1, bc2;               // bias-correction divisors (1 when switched off)
+    float eps_in, eps_out;        // denominator sqrt(v_hat + eps_in) + eps_out
+    float x_plain, x_precond;     // m averages g * (x_plain + x_precond / denominator)
+    float u_plain, u_precond;     // u = m_hat * (u_plain + u_precond / denominator)
+    float lr_update;              // p <- keep * p - lr_update * u
+    float keep;                   // decoupled and independent decay
+    float l2;                     // L2 decay: g <- g + l2 * p
 } AdamWStep;
+//   standard: x = (1, 0), u = (0, 1)      nested: x = (0, 1), u = (1, 0)
+//   LaProp:   x = (0, lr), u = (1, 0), lr_update = 1
 
-static inline HOST_DEVICE float adamw_denominator(const AdamWStep *s, float v) {
-    const float v_hat = v / s->bc2;
-    return s->eps_inside_sqrt ? sqrtf(v_hat + s->eps) : sqrtf(v_hat) + s->eps;
+typedef struct {
+    float m, v, vmax;  // vmax stays 0 without amsgrad, so max(vmax, v) = v
+} AdamWMoments;
+
+static inline HOST_DEVICE float adamw_inv_denominator(const AdamWStep *s, float v_used) {
+    return 1.0f / (sqrtf(v_used / s->bc2 + s->eps_in) + s->eps_out);
 }
 
-// Advances m, v (and vmax) with the effective gradient g.
-static inline HOST_DEVICE void adamw_moments(const AdamWStep *s, float g, float *m, float *v, float *vmax) {
-    const float v_new = s->first ? g * g : s->beta2 * *v + (1.0f - s->beta2) * (g * g);
-    *v = v_new;
-    if (s->amsgrad) *vmax = s->first ? v_new : fmaxf(*vmax, v_new);
-    // Nested / LaProp average the preconditioned gradient, so they need this step's v first.
-    const float x = s->variant == ADAMW_STANDARD ? g : s->lr_inner * g / adamw_denominator(s, s->amsgrad ? *vmax : v_new);
-    *m = s->first ? x : s->beta1 * *m + (1.0f - s->beta1) * x;
+// The moments after a step with effective gradient g.
+static inline HOST_DEVICE AdamWMoments adamw_moments(const AdamWStep *s, float g, AdamWMoments in) {
+    AdamWMoments out;
+    out.v = s->beta2 * in.v + (1.0f - s->beta2) * (g * g);
+    out.vmax = in.vmax > out.v ? in.vmax : out.v;  // not fmaxf: its NaN rule blocks vectorising
+    const float inv = adamw_inv_denominator(s, out.vmax);
+    out.m = s->beta1 * in.m + (1.0f - s->beta1) * g * (s->x_plain + s->x_precond * inv);
+    return out;
 }
 
-// The update direction u from the current moments: p <- keep p - lr_update u.
-static inline HOST_DEVICE float adamw_direction(const AdamWStep *s, float m, float v, float vmax) {
-    const float m_hat = m / s->bc1;
-    return s->variant == ADAMW_STANDARD ? m_hat / adamw_denominator(s, s->amsgrad ? vmax : v) : m_hat;
+// The update direction u from the moments: p <- keep p - lr_update u.
+static inline HOST_DEVICE float adamw_direction(const AdamWStep *s, AdamWMoments st) {
+    const float v_used = st.vmax > st.v ? st.vmax : st.v;
+    return st.m / s->bc1 * (s->u_plain + s->u_precond * adamw_inv_denominator(s, v_used));
 }
 
 #ifndef OPTIM_RULES_ONLY
@@ -120,35 +127,68 @@ static int adamw_slots(const void *hyper) { return ((const AdamWHyper *)hyper)->
 static AdamWStep adamw_resolve(const AdamWHyper *h, const StepInfo *info) {
     AdamWStep s;
     const double t = (double)info->step;
-    s.beta1 = h->beta1;
-    s.beta2 = h->beta2;
-    s.eps = (float)eps_at(&h->eps_schedule, h->eps, info->step, info->total_steps);
+    const int first = !h->zero_init && info->step == 1;
+    const float eps = (float)eps_at(&h->eps_schedule, h->eps, info->step, info->total_steps);
+    const int precond_first = h->variant != ADAMW_STANDARD;
+    s.beta1 = first ? 0.0f : h->beta1;
+    s.beta2 = first ? 0.0f : h->beta2;
     s.bc1 = h->bias_correction_m ? (float)(1.0 - pow(h->beta1, t)) : 1.0f;
     s.bc2 = h->bias_correction_v ? (float)(1.0 - pow(h->beta2, t)) : 1.0f;
+    s.eps_in = h->eps_inside_sqrt ? eps : 0.0f;
+    s.eps_out = h->eps_inside_sqrt ? 0.0f : eps;
+    s.x_plain = precond_first ? 0.0f : 1.0f;
+    s.x_precond = !precond_first ? 0.0f : h->variant == ADAMW_LAPROP ? info->lr : 1.0f;
+    s.u_plain = precond_first ? 1.0f : 0.0f;
+    s.u_precond = precond_first ? 0.0f : 1.0f;
     s.lr_update = h->variant == ADAMW_LAPROP ? 1.0f : info->lr;
-    s.lr_inner = h->variant == ADAMW_LAPROP ? info->lr : 1.0f;
     s.keep = h->weight_decay_mode == WD_DECOUPLED     ? 1.0f - info->lr * h->weight_decay
              : h->weight_decay_mode == WD_INDEPENDENT ? 1.0f - info->lr_scale * h->weight_decay
                                                       : 1.0f;
     s.l2 = h->weight_decay_mode == WD_L2 ? h->weight_decay : 0.0f;
-    s.first = !h->zero_init && info->step == 1;
-    s.eps_inside_sqrt = h->eps_inside_sqrt;
-    s.variant = h->variant;
-    s.amsgrad = h->amsgrad;
     return s;
+}
+
+// The plain (non-cautious) step, in two loops so that the common one has no conditional
+// memory access and vectorises (gcc does not if-convert a load from a maybe-NULL vmax).
+static void adamw_loop(const AdamWStep *step, float *restrict p, const float *restrict g, float *restrict m,
+                       float *restrict v, size_t n) {
+#pragma omp parallel if (n > 4096)
+    {
+        const AdamWStep s = *step;  // a private copy: no store below can alias it
+#pragma omp for schedule(static)
+        for (size_t i = 0; i < n; i++) {
+            const AdamWMoments st = adamw_moments(&s, g[i] + s.l2 * p[i], (AdamWMoments){m[i], v[i], 0.0f});
+            m[i] = st.m;
+            v[i] = st.v;
+            p[i] = s.keep * p[i] - s.lr_update * adamw_direction(&s, st);
+        }
+    }
+}
+
+static void adamw_loop_amsgrad(const AdamWStep *step, float *restrict p, const float *restrict g, float *restrict m,
+                               float *restrict v, float *restrict vmax, size_t n) {
+#pragma omp parallel if (n > 4096)
+    {
+        const AdamWStep s = *step;
+#pragma omp for schedule(static)
+        for (size_t i = 0; i < n; i++) {
+            const AdamWMoments st = adamw_moments(&s, g[i] + s.l2 * p[i], (AdamWMoments){m[i], v[i], vmax[i]});
+            m[i] = st.m;
+            v[i] = st.v;
+            vmax[i] = st.vmax;
+            p[i] = s.keep * p[i] - s.lr_update * adamw_direction(&s, st);
+        }
+    }
 }
 
 static void adamw_step_elements(const void *hyper, const StepInfo *info, float *param, const float *grad,
                                 float *const *state, size_t n) {
     const AdamWHyper *h = (const AdamWHyper *)hyper;
     const AdamWStep s = adamw_resolve(h, info);
-    float *m = state[0], *v = state[1], *vmax = h->amsgrad ? state[2] : state[1];
+    float *m = state[0], *v = state[1], *vmax = h->amsgrad ? state[2] : NULL;
     if (!h->cautious) {
-#pragma omp parallel for schedule(static) if (n > 4096)
-        for (size_t i = 0; i < n; i++) {
-            adamw_moments(&s, grad[i] + s.l2 * param[i], &m[i], &v[i], &vmax[i]);
-            param[i] = s.keep * param[i] - s.lr_update * adamw_direction(&s, m[i], v[i], vmax[i]);
-        }
+        if (h->amsgrad) adamw_loop_amsgrad(&s, param, grad, m, v, vmax, n);
+        else adamw_loop(&s, param, grad, m, v, n);
         return;
     }
     // Cautious: the rescaling needs the fraction of agreeing entries over the whole tensor,
@@ -157,14 +197,17 @@ static void adamw_step_elements(const void *hyper, const StepInfo *info, float *
 #pragma omp parallel for schedule(static) reduction(+ : agree) if (n > 4096)
     for (size_t i = 0; i < n; i++) {
         const float g = grad[i] + s.l2 * param[i];
-        adamw_moments(&s, g, &m[i], &v[i], &vmax[i]);
-        agree += adamw_direction(&s, m[i], v[i], vmax[i]) * g > 0.0f;
+        const AdamWMoments st = adamw_moments(&s, g, (AdamWMoments){m[i], v[i], vmax ? vmax[i] : 0.0f});
+        m[i] = st.m;
+        v[i] = st.v;
+        if (vmax) vmax[i] = st.vmax;
+        agree += adamw_direction(&s, st) * g > 0.0f;
     }
     const float scale = 1.0f / fmaxf((float)agree / (float)n, 1e-3f);
 #pragma omp parallel for schedule(static) if (n > 4096)
     for (size_t i = 0; i < n; i++) {
         const float g = grad[i] + s.l2 * param[i];
-        const float u = adamw_direction(&s, m[i], v[i], vmax[i]);
+        const float u = adamw_direction(&s, (AdamWMoments){m[i], v[i], vmax ? vmax[i] : 0.0f});
         param[i] = s.keep * param[i] - (u * g > 0.0f ? s.lr_update * scale * u : 0.0f);
     }
 }

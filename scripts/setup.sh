@@ -8,6 +8,6 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update
 $SUDO apt-get install -y --no-install-recommends \
     build-essential pkg-config ca-certificates curl \
-    libcjson-dev libopenblas-dev liblapacke-dev \
+    libcjson-dev libopenblas-openmp-dev liblapacke-dev \
     libopenmpi-dev openmpi-bin \
     python3 python3-numpy python3-matplotlib

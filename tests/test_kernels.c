@@ -5,13 +5,15 @@
 //
 // Gradient checks. L = sum(out * w) with random w, summed in double; each input is moved by
 // +-h and +-2h and the 5-point central difference (8(L(+h) - L(-h)) - (L(+2h) - L(-2h))) / 12h
-// is compared with the analytic gradient by norm-wise relative error. Why the tolerances hold:
-//  - truncation error is h^4 f^(5) / 30: ~1e-9 for h = 1e-2 and inputs of order 1;
+// is compared with the analytic gradient by norm-wise relative error. Why the tolerance holds:
 //  - the forward runs in float, so every output carries ~1e-7 relative rounding that changes
 //    as the input moves; in L that is ~1e-7 * sqrt(#outputs) of order-1 terms, and divided by
-//    h it puts ~1e-5 of noise on each FD component, against gradients of order 0.1 to 1.
-// Observed errors are 1e-6 to 1e-4 (KTEST_VERBOSE=1 prints them), so GRAD_TOL = 1e-3 leaves a
-// 10x margin, while a dropped term or a wrong factor in a backward gives errors of 0.1 or more.
+//    h it is the FD error on each component, against gradients of order 0.1 to 1. This noise
+//    dominates, hence a large step, h = 0.05 (inputs are of order 1);
+//  - the 5-point stencil's truncation error, h^4 f^(5) / 30, is still only ~1e-7 f^(5) there.
+// Observed errors are 1e-6 to 1e-4 (KTEST_VERBOSE=1 prints them), the largest for attention
+// with ~10^4 outputs; GRAD_TOL = 1e-3 leaves a 10x margin, while a dropped term or a wrong
+// factor in a backward gives errors of 0.1 or more (each kind was tried by breaking a kernel).
 // Gradient buffers start from random values, not zeros: the check compares (after - before),
 // which fails if a backward overwrites instead of accumulating, and a second call must then
 // double (after - before).
@@ -35,7 +37,7 @@
 #include "../runtime/common.h"
 #include "harness.h"
 
-#define FD_STEP 1e-2f
+#define FD_STEP 5e-2f
 #define GRAD_TOL 1e-3
 #define ACCUM_TOL 1e-4  // (after2 - before) vs 2 (after1 - before): only float rounding of the sums
 
@@ -86,16 +88,32 @@ typedef double (*LossFn)(void *ctx);
 typedef void (*BackwardFn)(void *ctx);
 
 // One differentiable input of a layer: its values x and the gradient buffer g that the
-// backward accumulates into.
+// backward accumulates into. sample > 0 checks only that many coordinates (spread over x by a
+// stride coprime with n) against finite differences, for inputs too big to check whole.
 typedef struct {
     const char *name;
     float *x;
     float *g;
     size_t n;
+    size_t sample;
 } Param;
 
-static void fd_gradient(LossFn loss, void *ctx, float *x, size_t n, float h, float *g) {
-    for (size_t i = 0; i < n; i++) {
+static size_t param_checked(const Param *p) { return p->sample && p->sample < p->n ? p->sample : p->n; }
+static size_t param_index(const Param *p, size_t k) {
+    if (param_checked(p) == p->n) return k;
+    size_t step = 7919;  // prime
+    while (p->n % step == 0) step += 2;
+    return (k * step) % p->n;
+}
+
+// Central differences of the loss w.r.t. x[idx[k]], k < m. The forwards run on one thread:
+// their results do not depend on the thread count (kernels_same_bits_for_any_thread_count),
+// and thousands of tiny parallel regions crawl on a machine whose other core is busy.
+static void fd_gradient(LossFn loss, void *ctx, float *x, const Param *p, float h, float *g) {
+    const int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    for (size_t k = 0; k < param_checked(p); k++) {
+        const size_t i = param_index(p, k);
         const float x0 = x[i];
         x[i] = x0 + h;
         double lp1 = loss(ctx);
@@ -106,8 +124,9 @@ static void fd_gradient(LossFn loss, void *ctx, float *x, size_t n, float h, flo
         x[i] = x0 - 2 * h;
         double lm2 = loss(ctx);
         x[i] = x0;
-        g[i] = (float)((8.0 * (lp1 - lm1) - (lp2 - lm2)) / (12.0 * (double)h));
+        g[k] = (float)((8.0 * (lp1 - lm1) - (lp2 - lm2)) / (12.0 * (double)h));
     }
+    omp_set_num_threads(threads);
     loss(ctx);  // leave the forward state (saved means, att...) at the unperturbed inputs
 }
 
@@ -125,13 +144,15 @@ static void gradcheck_(const char *file, int line, const char *layer, LossFn los
     backward(ctx);
     for (int p = 0; p < np; p++) {
         for (size_t i = 0; i < ps[p].n; i++) d1[p][i] = ps[p].g[i] - g0[p][i];
-        float *fd = xmalloc_floats(ps[p].n);
-        fd_gradient(loss, ctx, ps[p].x, ps[p].n, h, fd);
-        double err = rel_error(d1[p], fd, ps[p].n);
+        const size_t m = param_checked(&ps[p]);
+        float *fd = xmalloc_floats(m), *an = xmalloc_floats(m);
+        fd_gradient(loss, ctx, ps[p].x, &ps[p], h, fd);
+        for (size_t k = 0; k < m; k++) an[k] = d1[p][param_index(&ps[p], k)];
+        double err = rel_error(an, fd, m);
         if (verbose()) printf("\n      %s d%-20s FD error %.2e", layer, ps[p].name, err);
         if (!(err <= tol)) test_fail(file, line, "%s: d%s vs finite differences: relative error %.3g > %g", layer,
                                      ps[p].name, err, tol);
-        free(fd);
+        free(fd), free(an);
     }
     backward(ctx);
     for (int p = 0; p < np; p++) {
@@ -220,7 +241,7 @@ TEST(gelu_forward_backward) {
     double *ref = xmalloc(n * sizeof(double));
     for (int i = 0; i < n; i++) ref[i] = gelu_ref(c.inp[i]);
     CHECK_REF(c.out, ref, n, 1e-6);
-    Param ps[] = {{"inp", c.inp, c.dinp, n}};
+    Param ps[] = {{"inp", c.inp, c.dinp, n, 0}};
     GRADCHECK("gelu", gelu_loss, gelu_bwd, &c, ps, GRAD_TOL);
     free(c.inp), free(c.out), free(c.w), free(c.dinp), free(ref);
 }
@@ -246,7 +267,7 @@ TEST(residual_forward_backward) {
                xmalloc_floats(n), xmalloc_floats(n)};
     residual_forward(c.out, c.a, c.b, n);
     for (int i = 0; i < n; i++) CHECK(c.out[i] == c.a[i] + c.b[i]);
-    Param ps[] = {{"a", c.a, c.da, n}, {"b", c.b, c.db, n}};
+    Param ps[] = {{"a", c.a, c.da, n, 0}, {"b", c.b, c.db, n, 0}};
     GRADCHECK("residual", residual_loss, residual_bwd, &c, ps, GRAD_TOL);
     free(c.a), free(c.b), free(c.out), free(c.w), free(c.da), free(c.db);
 }
@@ -280,7 +301,7 @@ TEST(encoder_forward_backward) {
         for (int k = 0; k < C; k++)
             exact &= c.out[n * C + k] == c.wte[c.tokens[n] * C + k] + c.wpe[(n % T) * C + k];
     CHECK(exact);
-    Param ps[] = {{"wte", c.wte, c.dwte, (size_t)V * C}, {"wpe", c.wpe, c.dwpe, (size_t)T * C}};
+    Param ps[] = {{"wte", c.wte, c.dwte, (size_t)V * C, 0}, {"wpe", c.wpe, c.dwpe, (size_t)T * C, 0}};
     GRADCHECK("encoder", encoder_loss, encoder_bwd, &c, ps, GRAD_TOL);
 
     // Without position embeddings: forward copies wte rows, backward leaves dwpe alone.
@@ -357,7 +378,7 @@ TEST(layernorm_forward_backward) {
     CHECK_REF(c.out, ref, N * C, 1e-6);
     CHECK_REF(c.mean, mean, N, 1e-6);
     CHECK_REF(c.rstd, rstd, N, 1e-6);
-    Param ps[] = {{"inp", c.inp, c.dinp, N * C}, {"weight", c.weight, c.dweight, C}, {"bias", c.bias, c.dbias, C}};
+    Param ps[] = {{"inp", c.inp, c.dinp, N * C, 0}, {"weight", c.weight, c.dweight, C, 0}, {"bias", c.bias, c.dbias, C, 0}};
     GRADCHECK("layernorm", layernorm_loss, layernorm_bwd, &c, ps, GRAD_TOL);
     norm_free(&c);
 }
@@ -386,7 +407,7 @@ TEST(rmsnorm_forward_backward) {
     }
     CHECK_REF(c.out, ref, N * C, 1e-6);
     CHECK_REF(c.rstd, rstd, N, 1e-6);
-    Param ps[] = {{"inp", c.inp, c.dinp, N * C}, {"weight", c.weight, c.dweight, C}};
+    Param ps[] = {{"inp", c.inp, c.dinp, N * C, 0}, {"weight", c.weight, c.dweight, C, 0}};
     GRADCHECK("rmsnorm", rmsnorm_loss, rmsnorm_bwd, &c, ps, GRAD_TOL);
     norm_free(&c);
 }
@@ -425,10 +446,10 @@ TEST(matmul_forward_against_naive) {
     double *ref = xmalloc(sizeof(double) * N * OC);
     matmul_forward(out, inp, weight, bias, N, IC, OC);
     matmul_ref(ref, inp, weight, bias, N, IC, OC);
-    CHECK_REF(out, ref, N * OC, 1e-4);
+    CHECK_REF(out, ref, N * OC, 1e-6);
     matmul_forward(out, inp, weight, NULL, N, IC, OC);
     matmul_ref(ref, inp, weight, NULL, N, IC, OC);
-    CHECK_REF(out, ref, N * OC, 1e-4);
+    CHECK_REF(out, ref, N * OC, 1e-6);
     free(inp), free(weight), free(bias), free(out), free(ref);
 }
 
@@ -437,7 +458,7 @@ TEST(matmul_backward_fd) {
     Mm c = {N, IC, OC, rand_floats(N * IC, 1, -1, 1), rand_floats(OC * IC, 2, -1, 1), rand_floats(OC, 3, -1, 1),
             xmalloc_floats(N * OC), rand_floats(N * OC, 4, -1, 1), xmalloc_floats(N * IC), xmalloc_floats(OC * IC),
             xmalloc_floats(OC)};
-    Param ps[] = {{"inp", c.inp, c.dinp, N * IC}, {"weight", c.weight, c.dweight, OC * IC}, {"bias", c.bias, c.dbias, OC}};
+    Param ps[] = {{"inp", c.inp, c.dinp, N * IC, 0}, {"weight", c.weight, c.dweight, OC * IC, 0}, {"bias", c.bias, c.dbias, OC, 0}};
     GRADCHECK("matmul", matmul_loss, matmul_bwd, &c, ps, GRAD_TOL);
 
     // NULL dinp / dbias: dweight is unchanged, nothing else is touched.
@@ -491,7 +512,7 @@ static void attention_ref(double *out, double *att, const float *qkv, int B, int
             const int kvh = h / (H / KVH);
             for (int t = 0; t < T; t++) {
                 const float *q = qkv + (b * T + t) * stride + h * hd;
-                double s[64], mx = -INFINITY, sum = 0;
+                double *s = xmalloc((size_t)T * sizeof(double)), mx = -INFINITY, sum = 0;
                 for (int t2 = 0; t2 <= t; t2++) {
                     const float *k = qkv + (b * T + t2) * stride + (H + kvh) * hd;
                     s[t2] = 0;
@@ -507,11 +528,13 @@ static void attention_ref(double *out, double *att, const float *qkv, int B, int
                     for (int t2 = 0; t2 <= t; t2++) o += a[t2] * qkv[(b * T + t2) * stride + (H + KVH + kvh) * hd + d];
                     out[(b * T + t) * H * hd + h * hd + d] = o;
                 }
+                free(s);
             }
         }
 }
 
-static void attention_case(int B, int T, int H, int KVH, int hd) {
+// sample = 0 checks every coordinate of dqkv against finite differences, else that many.
+static void attention_case(int B, int T, int H, int KVH, int hd, size_t sample) {
     Att c = att_new(B, T, H, KVH, hd);
     attention_loss(&c);
     double *out = xmalloc(att_out_size(&c) * sizeof(double)), *att = xmalloc((size_t)B * H * T * T * sizeof(double));
@@ -524,36 +547,50 @@ static void attention_case(int B, int T, int H, int KVH, int hd) {
     CHECKF(zeros, "att is not 0 above the diagonal (H=%d KVH=%d)", H, KVH);
 
     char name[64];
-    snprintf(name, sizeof name, "attention H=%d KVH=%d", H, KVH);
-    Param ps[] = {{"qkv", c.qkv, c.dqkv, att_qkv_size(&c)}};
+    snprintf(name, sizeof name, "attention T=%d H=%d KVH=%d hd=%d", T, H, KVH, hd);
+    Param ps[] = {{"qkv", c.qkv, c.dqkv, att_qkv_size(&c), sample}};
     GRADCHECK(name, attention_loss, attention_bwd, &c, ps, GRAD_TOL);
     free(out), free(att);
     att_free(&c);
 }
 
-TEST(attention_gqa_forward_backward) { attention_case(2, 5, 4, 2, 6); }
-TEST(attention_mha_forward_backward) { attention_case(2, 5, 3, 3, 6); }
-TEST(attention_mqa_forward_backward) { attention_case(1, 7, 4, 1, 5); }
+// Small heads take the kernels' plain loops; hd >= 32 their 32-wide register blocks (40 =
+// one block and a tail); T > 64 spans several key tiles (ATTENTION_TILE) and ends in a partial
+// 4-query block.
+TEST(attention_gqa_forward_backward) { attention_case(2, 5, 4, 2, 6, 0); }
+TEST(attention_mha_forward_backward) { attention_case(2, 5, 3, 3, 6, 0); }
+TEST(attention_mqa_forward_backward) { attention_case(1, 7, 4, 1, 5, 0); }
+TEST(attention_wide_heads_forward_backward) { attention_case(2, 7, 2, 1, 40, 0); }
+TEST(attention_long_sequence_forward_backward) { attention_case(1, 137, 2, 1, 5, 400); }
+TEST(attention_long_wide_forward_backward) { attention_case(1, 101, 2, 1, 64, 300); }
 
-TEST(attention_is_causal) {
-    const int B = 2, T = 6, H = 4, KVH = 2, hd = 6, stride = (H + 2 * KVH) * hd, t0 = 3;
+static void attention_causal_case(int B, int T, int H, int KVH, int hd, int t0) {
+    const int stride = (H + 2 * KVH) * hd;
     Att c = att_new(B, T, H, KVH, hd);
     attention_loss(&c);
     float *before = copy_floats(c.out, att_out_size(&c));
-    // Change the keys and values of token t0 of batch row 1.
-    for (int i = H * hd; i < stride; i++) c.qkv[(1 * T + t0) * stride + i] += 0.5f;
+    // Change the keys and values of token t0 of the last batch row.
+    for (int i = H * hd; i < stride; i++) c.qkv[((size_t)(B - 1) * T + t0) * stride + i] += 0.5f;
     attention_loss(&c);
+    int leaks = 0, stuck = 0;
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
-            const float *x = before + (b * T + t) * H * hd, *y = c.out + (b * T + t) * H * hd;
+            const float *x = before + ((size_t)b * T + t) * H * hd, *y = c.out + ((size_t)b * T + t) * H * hd;
             int same = memcmp(x, y, H * hd * sizeof(float)) == 0;
-            if (b == 1 && t >= t0)
-                CHECKF(!same, "output of token %d did not change with key/value of token %d", t, t0);
+            if (b == B - 1 && t >= t0)
+                stuck += same;
             else
-                CHECKF(same, "output of b=%d t=%d changed with a later token's key/value", b, t);
+                leaks += !same;
         }
+    CHECKF(leaks == 0, "T=%d: %d earlier outputs changed with the key/value of token %d", T, leaks, t0);
+    CHECKF(stuck == 0, "T=%d: %d later outputs did not change with the key/value of token %d", T, stuck, t0);
     free(before);
     att_free(&c);
+}
+
+TEST(attention_is_causal) {
+    attention_causal_case(2, 6, 4, 2, 6, 3);
+    attention_causal_case(1, 137, 2, 1, 33, 70);  // a later key tile, a token inside a 4-query block
 }
 
 // ---------------------------------------------------------------- swiglu
@@ -582,7 +619,7 @@ TEST(swiglu_forward_backward) {
     for (int n = 0; n < N; n++)
         for (int j = 0; j < Hd; j++) ref[n * Hd + j] = silu_ref(c.inp[n * 2 * Hd + j]) * c.inp[n * 2 * Hd + Hd + j];
     CHECK_REF(c.out, ref, N * Hd, 1e-6);
-    Param ps[] = {{"inp", c.inp, c.dinp, N * 2 * Hd}};
+    Param ps[] = {{"inp", c.inp, c.dinp, N * 2 * Hd, 0}};
     GRADCHECK("swiglu", swiglu_loss, swiglu_bwd, &c, ps, GRAD_TOL);
     free(c.inp), free(c.out), free(c.w), free(c.dinp);
 }
@@ -652,7 +689,7 @@ TEST(rope_closed_form_inverse_and_backward) {
     rope_backward(c.work, c.table, B, T, H, KVH, hd);
     CHECK_REL(c.work, c.qkv, n, 1e-6);
 
-    Param ps[] = {{"qkv", c.qkv, c.dqkv, n}};
+    Param ps[] = {{"qkv", c.qkv, c.dqkv, n, 0}};
     GRADCHECK("rope", rope_loss, rope_bwd, &c, ps, GRAD_TOL);
     free(c.table), free(c.qkv), free(c.work), free(c.w), free(c.dqkv), free(c.tmp), free(ref);
 }
@@ -712,7 +749,7 @@ TEST(crossentropy_fused_and_in_place) {
     for (int n = 0; n < N; n++) c.targets[n] = (n * 7 + 2) % V;
 
     // dlogits against finite differences of the mean loss (dloss = 1/N).
-    Param ps[] = {{"logits", c.logits, c.dlogits, N * V}};
+    Param ps[] = {{"logits", c.logits, c.dlogits, N * V, 0}};
     GRADCHECK("crossentropy", crossentropy_mean_loss, crossentropy_bwd, &c, ps, GRAD_TOL);
 
     // From here on one row has logits whose exp overflows float unless the max is subtracted
