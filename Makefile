@@ -27,6 +27,20 @@ endif
 CFLAGS += $(PKG_CFLAGS)
 LDLIBS += $(PKG_LIBS)
 
+# Open MPI for data parallelism (mpirun -np N ./train_gpt). Optional: without it (or
+# with MPI=0) the build runs single-process.
+MPI ?= 1
+ifeq ($(MPI),1)
+MPI_CFLAGS := $(shell pkg-config --cflags ompi-c 2>/dev/null)
+MPI_LIBS   := $(shell pkg-config --libs ompi-c 2>/dev/null)
+ifneq ($(strip $(MPI_LIBS)),)
+CFLAGS += -DUSE_MPI $(MPI_CFLAGS)
+LDLIBS += $(MPI_LIBS)
+else
+$(info note: Open MPI not found (libopenmpi-dev); building without MPI, single process only)
+endif
+endif
+
 BUILD := build
 LIB_SRC := $(filter-out data/prepare_data.c,$(wildcard runtime/*.c data/*.c model/*.c optim/*.c kernels/*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)

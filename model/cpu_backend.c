@@ -6,6 +6,7 @@
 
 #include "../kernels/crossentropy.h"
 #include "../runtime/common.h"
+#include "../runtime/dist.h"
 #include "llmc.h"
 
 typedef struct {
@@ -51,36 +52,54 @@ static void cpu_next_logits(Backend *b, const int *tokens, int t, float *logits)
 }
 
 static void cpu_zero_grad(Backend *b) { gpt_cpu_zero_grad(model_of(b)); }
-static float *cpu_grad_buffer(Backend *b) { return model_of(b)->grads; }
-static double cpu_grad_sq_norm(Backend *b) { return sum_squares(model_of(b)->grads, b->layout->num_params); }
+static void cpu_sync_grads(Backend *b) { optim_sync_grads(b->opt, model_of(b)->grads, b->layout->num_params); }
+
+static double cpu_grad_sq_norm(Backend *b) {
+    size_t lo, hi;  // under ZeRO each rank holds the averaged gradients of its range only
+    optim_grad_range(b->opt, b->layout->num_params, &lo, &hi);
+    double sq = sum_squares(model_of(b)->grads + lo, hi - lo);
+    if (b->opt->dist.zero) dist_allreduce_sum_double(&sq, 1);
+    return sq;
+}
 
 static void cpu_scale_grads(Backend *b, float s) {
     GPTCpu *m = model_of(b);
-    const size_t n = b->layout->num_params;
+    size_t lo, hi;
+    optim_grad_range(b->opt, b->layout->num_params, &lo, &hi);
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) m->grads[i] *= s;
+    for (size_t i = lo; i < hi; i++) m->grads[i] *= s;
 }
 
-static double group_rms(const Optimizer *opt, const OptimGroup *g, const float *x, const float *minus) {
+// Sum of squares of x (minus `minus`) over a group's tensors, within [lo, hi).
+static double group_sq(const Optimizer *opt, const OptimGroup *g, const float *x, const float *minus, size_t lo, size_t hi) {
     double sum = 0;
     for (int k = 0; k < g->n_tensors; k++) {
         const ParamTensor *t = &opt->tensors[g->tensors[k]];
-        for (size_t i = 0; i < t->numel; i++) {
-            const double d = (double)x[t->offset + i] - (minus ? (double)minus[t->offset + i] : 0.0);
+        const size_t a = t->offset > lo ? t->offset : lo, e = t->offset + t->numel < hi ? t->offset + t->numel : hi;
+        for (size_t i = a; i < e; i++) {
+            const double d = (double)x[i] - (minus ? (double)minus[i] : 0.0);
             sum += d * d;
         }
     }
-    return g->numel ? sqrt(sum / (double)g->numel) : 0.0;
+    return sum;
 }
 
 static void cpu_optimizer_step(Backend *b, const StepInfo *base, GroupDiagnostics *diag) {
     CpuBackend *cb = (CpuBackend *)b->self;
     GPTCpu *m = &cb->model;
-    if (diag) memcpy(cb->snapshot, m->params, b->layout->num_params * sizeof(float));
+    const size_t n = b->layout->num_params;
+    if (diag) memcpy(cb->snapshot, m->params, n * sizeof(float));
     optim_step_cpu(&cb->opt, m->params, m->grads, base);
-    for (int gi = 0; diag && gi < cb->opt.n_groups; gi++) {
-        diag[gi].update_rms = group_rms(&cb->opt, &cb->opt.groups[gi], m->params, cb->snapshot);
-        diag[gi].grad_rms = group_rms(&cb->opt, &cb->opt.groups[gi], m->grads, NULL);
+    optim_exchange_params(&cb->opt, m->params);
+    if (!diag) return;
+    size_t lo, hi;
+    optim_grad_range(&cb->opt, n, &lo, &hi);
+    for (int gi = 0; gi < cb->opt.n_groups; gi++) {
+        const OptimGroup *g = &cb->opt.groups[gi];
+        double sq[2] = {group_sq(&cb->opt, g, m->params, cb->snapshot, 0, n), group_sq(&cb->opt, g, m->grads, NULL, lo, hi)};
+        if (cb->opt.dist.zero) dist_allreduce_sum_double(sq + 1, 1);
+        diag[gi].update_rms = g->numel ? sqrt(sq[0] / (double)g->numel) : 0.0;
+        diag[gi].grad_rms = g->numel ? sqrt(sq[1] / (double)g->numel) : 0.0;
     }
 }
 
@@ -91,8 +110,8 @@ static void cpu_curvature_step(Backend *b, const StepInfo *base) {
 
 static void cpu_get_params(Backend *b, float *dst) { memcpy(dst, model_of(b)->params, b->layout->num_params * sizeof(float)); }
 static void cpu_set_params(Backend *b, const float *src) { memcpy(model_of(b)->params, src, b->layout->num_params * sizeof(float)); }
-static void cpu_get_state(Backend *b, float *dst) { memcpy(dst, b->opt->state, b->opt->state_floats * sizeof(float)); }
-static void cpu_set_state(Backend *b, const float *src) { memcpy(b->opt->state, src, b->opt->state_floats * sizeof(float)); }
+static void cpu_get_state(Backend *b, float *dst) { optim_state_to_global(b->opt, b->opt->state, dst); }
+static void cpu_set_state(Backend *b, const float *src) { optim_state_from_global(b->opt, src, b->opt->state); }
 
 Backend *cpu_backend_create(const RunConfig *rc) {
     CpuBackend *cb = (CpuBackend *)xcalloc(1, sizeof *cb);
@@ -100,6 +119,8 @@ Backend *cpu_backend_create(const RunConfig *rc) {
     if (rc->model.init_from[0]) llmc_load_params(rc->model.init_from, &cb->model.layout, cb->model.params);
     const ModelLayout *L = &cb->model.layout;
     optim_build(&cb->opt, rc->json, L->tensors, L->num_tensors, rc->schedule.lr);
+    optim_distribute(&cb->opt, rc->json, rc->train.zero, rc->train.spread_matrix_optimizers, dist_rank(), dist_world(),
+                     L->num_params);
     optim_alloc_state(&cb->opt);
     if (rc->log.diagnostics) cb->snapshot = xmalloc_floats(L->num_params);
     Backend *b = &cb->base;
@@ -111,7 +132,7 @@ Backend *cpu_backend_create(const RunConfig *rc) {
     b->eval_micro = cpu_eval_micro;
     b->next_logits = cpu_next_logits;
     b->zero_grad = cpu_zero_grad;
-    b->grad_buffer = cpu_grad_buffer;
+    b->sync_grads = cpu_sync_grads;
     b->grad_sq_norm = cpu_grad_sq_norm;
     b->scale_grads = cpu_scale_grads;
     b->optimizer_step = cpu_optimizer_step;

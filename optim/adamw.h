@@ -220,6 +220,8 @@ static int adamw_log_scalars(const void *hyper, const StepInfo *s, const char **
     return 1;
 }
 
+static int adamw_needs_whole_tensor(const void *hyper) { return ((const AdamWHyper *)hyper)->cautious; }
+
 static const OptimizerDef optimizer_adamw = {
     .name = "adamw",
     .summary = "AdamW with the ablation switches (Loshchilov & Hutter 2019; LaProp: Ziyin et al. 2020)",
@@ -229,5 +231,6 @@ static const OptimizerDef optimizer_adamw = {
     .slots = adamw_slots,
     .step_elements = adamw_step_elements,
     .log_scalars = adamw_log_scalars,
+    .needs_whole_tensor = adamw_needs_whole_tensor,
 };
 #endif  // OPTIM_RULES_ONLY

@@ -73,6 +73,8 @@ static void lion_step_elements(const void *hyper, const StepInfo *info, float *p
     }
 }
 
+static int lion_needs_whole_tensor(const void *hyper) { return ((const LionHyper *)hyper)->cautious; }
+
 static const OptimizerDef optimizer_lion = {
     .name = "lion",
     .summary = "Lion, sign of an interpolated momentum (Chen et al. 2023, Symbolic Discovery of Optimization Algorithms)",
@@ -80,5 +82,6 @@ static const OptimizerDef optimizer_lion = {
     .hyper_size = sizeof(LionHyper),
     .slots = lion_slots,
     .step_elements = lion_step_elements,
+    .needs_whole_tensor = lion_needs_whole_tensor,
 };
 #endif  // OPTIM_RULES_ONLY

@@ -206,6 +206,10 @@ void optim_build(Optimizer *opt, const JsonConfig *c, const ParamTensor *tensors
         off += n;
     }
     opt->state_floats = off;
+    // A world of one: per-tensor optimizers are stepped by rank 0, element-wise ones by all.
+    opt->dist = (OptimDist){.rank = 0, .world = 1, .local_floats = off};
+    opt->dist.owner = (int *)xmalloc((size_t)n_tensors * sizeof(int));
+    for (int i = 0; i < n_tensors; i++) opt->dist.owner[i] = opt->groups[opt->group_of[i]].def->step_elements ? -1 : 0;
     cJSON_Delete(implicit);  // groups keep their own merged copies
 }
 
@@ -219,16 +223,39 @@ void optim_free(Optimizer *opt) {
     free(opt->group_of);
     free(opt->state_offset);
     free(opt->state);
+    free(opt->dist.counts);
+    free(opt->dist.local_offset);
+    free(opt->dist.owner);
     memset(opt, 0, sizeof *opt);
 }
 
 void optim_alloc_state(Optimizer *opt) {
-    opt->state = xmalloc_floats(opt->state_floats);
-    memset(opt->state, 0, opt->state_floats * sizeof(float));
+    opt->state = xmalloc_floats(opt->dist.local_floats);
+    memset(opt->state, 0, opt->dist.local_floats * sizeof(float));
+    if (opt->dist.zero) return;  // ZeRO holds element-wise state only: zeros
     for (int i = 0; i < opt->n_tensors; i++) {
         const OptimGroup *g = &opt->groups[opt->group_of[i]];
         if (g->def->init_tensor_state) g->def->init_tensor_state(g->hyper, &opt->tensors[i], opt->state + opt->state_offset[i]);
     }
+}
+
+int optim_elementwise_part(const Optimizer *opt, int i, float *state, float **slots, size_t *start, size_t *len) {
+    const ParamTensor *t = &opt->tensors[i];
+    const OptimGroup *g = &opt->groups[opt->group_of[i]];
+    const int k = g->def->slots(g->hyper);
+    if (!opt->dist.zero) {
+        *start = t->offset;
+        *len = t->numel;
+        optim_slot_pointers(state + opt->state_offset[i], t->numel, k, slots);
+        return 1;
+    }
+    const size_t a = t->offset > opt->dist.lo ? t->offset : opt->dist.lo;
+    const size_t b = t->offset + t->numel < opt->dist.hi ? t->offset + t->numel : opt->dist.hi;
+    if (a >= b) return 0;
+    *start = a;
+    *len = b - a;
+    optim_slot_pointers(state + opt->dist.local_offset[i], b - a, k, slots);
+    return 1;
 }
 
 void optim_print(const Optimizer *opt, FILE *out) {
@@ -251,14 +278,14 @@ void optim_step_cpu(Optimizer *opt, float *params, const float *grads, const Ste
         const StepInfo s = optim_group_step_info(g, base);
         for (int k = 0; k < g->n_tensors; k++) {
             const int i = g->tensors[k];
-            const ParamTensor *t = &opt->tensors[i];
-            float *state = opt->state + opt->state_offset[i];
             if (g->def->step_elements) {
                 float *slots[OPTIM_MAX_SLOTS];
-                optim_slot_pointers(state, t->numel, g->def->slots(g->hyper), slots);
-                g->def->step_elements(g->hyper, &s, params + t->offset, grads + t->offset, slots, t->numel);
-            } else {
-                g->def->step_tensor(g->hyper, &s, t, params + t->offset, grads + t->offset, state);
+                size_t start, len;
+                if (optim_elementwise_part(opt, i, opt->state, slots, &start, &len))
+                    g->def->step_elements(g->hyper, &s, params + start, grads + start, slots, len);
+            } else if (opt->dist.owner[i] == opt->dist.rank || opt->dist.owner[i] < 0) {
+                const ParamTensor *t = &opt->tensors[i];
+                g->def->step_tensor(g->hyper, &s, t, params + t->offset, grads + t->offset, opt->state + opt->state_offset[i]);
             }
         }
     }
@@ -278,11 +305,10 @@ void optim_curvature_cpu(Optimizer *opt, const float *curvature_grads, const Ste
         if (!g->def->curvature_due || !g->def->curvature_due(g->hyper, base->step)) continue;
         const StepInfo s = optim_group_step_info(g, base);
         for (int k = 0; k < g->n_tensors; k++) {
-            const int i = g->tensors[k];
-            const ParamTensor *t = &opt->tensors[i];
             float *slots[OPTIM_MAX_SLOTS];
-            optim_slot_pointers(opt->state + opt->state_offset[i], t->numel, g->def->slots(g->hyper), slots);
-            g->def->curvature_elements(g->hyper, &s, curvature_grads + t->offset, slots, t->numel);
+            size_t start, len;
+            if (optim_elementwise_part(opt, g->tensors[k], opt->state, slots, &start, &len))
+                g->def->curvature_elements(g->hyper, &s, curvature_grads + start, slots, len);
         }
     }
 }

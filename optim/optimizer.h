@@ -58,6 +58,13 @@ typedef struct OptimizerDef {
     void (*curvature_elements)(const void *hyper, const StepInfo *s, const float *curvature_grad,
                                float *const *state, size_t n);
 
+    // True when the step needs the whole tensor at once (e.g. a cautious mask's agreement
+    // fraction), which rules out ZeRO's element-range shards. NULL: never.
+    int (*needs_whole_tensor)(const void *hyper);
+    // Relative cost of a per-tensor step, for spreading tensors over ranks. NULL:
+    // rows * cols * min(rows, cols), the order of a Newton-Schulz iteration.
+    double (*cost)(const void *hyper, const ParamTensor *t);
+
     // Scheduled values worth logging (e.g. AdamW's eps when it follows a schedule): fills
     // up to `max` names and values and returns how many. NULL: none.
     int (*log_scalars)(const void *hyper, const StepInfo *s, const char **names, double *values, int max);
@@ -78,6 +85,23 @@ typedef struct {
     size_t numel, state_floats;
 } OptimGroup;
 
+// How the optimizer is spread over data-parallel ranks (runtime/dist.h):
+//   - element-wise tensors are stepped by every rank (same gradients, same result), or,
+//     with ZeRO-1, each rank steps a contiguous range of the flat parameter array and
+//     holds only that range's state; the ranges are then all-gathered;
+//   - per-tensor optimizers (Muon, Shampoo, SOAP, ...) step whole tensors, each on one
+//     rank chosen by cost, and the ranks exchange the updated tensors, so no rank repeats
+//     another's Newton-Schulz or eigendecomposition.
+typedef struct {
+    int rank, world;
+    int zero;               // ZeRO-1 on
+    size_t *counts;         // ZeRO: parameters per rank (contiguous ranges in rank order)
+    size_t lo, hi;          // ZeRO: this rank's range of the flat parameter array
+    size_t *local_offset;   // ZeRO: per tensor, its shard's state in the local state
+    int *owner;             // per tensor: the rank stepping it; -1: every rank
+    size_t local_floats;    // state floats this rank holds
+} OptimDist;
+
 typedef struct {
     OptimGroup *groups;
     int n_groups;
@@ -86,16 +110,33 @@ typedef struct {
     int *group_of;               // per tensor
     size_t *state_offset;        // per tensor, into the state array
     size_t state_floats;         // total state size
-    float *state;                // host state (CPU trainer); may be NULL when it lives elsewhere
+    float *state;                // this rank's state (host, CPU trainer): dist.local_floats floats
     int elementwise_only;        // every group is element-wise (ZeRO-1 can shard it)
+    OptimDist dist;              // a world of one until optim_distribute
 } Optimizer;
 
 // Builds the groups from the "optimizer" section. `base_lr` is schedule.lr. Errors name
 // the key and file: unknown optimizer, unknown key, a tensor in no group or in two.
 void optim_build(Optimizer *opt, const JsonConfig *c, const ParamTensor *tensors, int n_tensors, float base_lr);
 void optim_free(Optimizer *opt);
-// Allocates and initialises opt->state on the host.
+// Allocates and initialises this rank's state (opt->state) on the host.
 void optim_alloc_state(Optimizer *opt);
+
+// --- data parallelism (optim/distributed.c) ---
+// Spreads the optimizer over the ranks: ZeRO-1 shards with zero = 1, and per-tensor
+// owners when `spread` (else every rank steps every tensor). Errors (e.g. ZeRO with a
+// per-tensor optimizer) name train.zero and the group.
+void optim_distribute(Optimizer *opt, const JsonConfig *c, int zero, int spread, int rank, int world, size_t num_params);
+// Averages gradients over ranks: all-reduce, or reduce-scatter of the ZeRO ranges.
+void optim_sync_grads(const Optimizer *opt, float *grads, size_t num_params);
+// The range of the gradients that is averaged on this rank after optim_sync_grads.
+void optim_grad_range(const Optimizer *opt, size_t num_params, size_t *lo, size_t *hi);
+// After a step: every rank gets the parameters other ranks updated.
+void optim_exchange_params(const Optimizer *opt, float *params);
+// Checkpoints hold the state in the one-rank layout: gather it (every rank gets all of
+// `global`, opt->state_floats floats), and take this rank's part back.
+void optim_state_to_global(const Optimizer *opt, const float *local, float *global);
+void optim_state_from_global(const Optimizer *opt, const float *global, float *local);
 // Prints groups, parameter counts and state bytes.
 void optim_print(const Optimizer *opt, FILE *out);
 
@@ -106,6 +147,11 @@ int optim_needs_curvature(const Optimizer *opt, long step);
 void optim_curvature_cpu(Optimizer *opt, const float *curvature_grads, const StepInfo *base);
 // The StepInfo a group sees: `base` with the group's own learning rate.
 StepInfo optim_group_step_info(const OptimGroup *g, const StepInfo *base);
+
+// The part of element-wise tensor i that this rank steps: parameters [*start, *start +
+// *len) of the flat array, with its state slots inside `state` (this rank's state).
+// Returns 0 when this rank steps none of it (ZeRO).
+int optim_elementwise_part(const Optimizer *opt, int i, float *state, float **slots, size_t *start, size_t *len);
 
 // Slot pointers of an element-wise tensor's state (slot-major layout).
 static inline void optim_slot_pointers(float *state, size_t numel, int slots, float **out) {

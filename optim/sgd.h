@@ -102,6 +102,8 @@ static void sgd_step_elements(const void *hyper, const StepInfo *info, float *pa
     }
 }
 
+static int sgd_needs_whole_tensor(const void *hyper) { return ((const SgdHyper *)hyper)->cautious; }
+
 static const OptimizerDef optimizer_sgd = {
     .name = "sgd",
     .summary = "SGD with momentum and Nesterov as torch.optim.SGD (Sutskever et al. 2013); decoupled or L2 decay, cautious mask",
@@ -110,5 +112,6 @@ static const OptimizerDef optimizer_sgd = {
     .check = sgd_check,
     .slots = sgd_slots,
     .step_elements = sgd_step_elements,
+    .needs_whole_tensor = sgd_needs_whole_tensor,
 };
 #endif  // OPTIM_RULES_ONLY

@@ -31,16 +31,19 @@ struct Backend {
     void (*next_logits)(Backend *b, const int *tokens, int t, float *logits);
 
     void (*zero_grad)(Backend *b);
-    // The gradient buffer (host or device memory), for the collectives.
-    float *(*grad_buffer)(Backend *b);
+    // Averages the accumulated gradients over data-parallel ranks (all-reduce, or the
+    // ZeRO-1 reduce-scatter); nothing in a world of one.
+    void (*sync_grads)(Backend *b);
+    // Squared global norm of the averaged gradients (the same on every rank).
     double (*grad_sq_norm)(Backend *b);
     void (*scale_grads)(Backend *b, float s);
-    // One optimizer step of every group; fills diag[n_groups] when diag != NULL.
+    // One optimizer step of every group, including the exchange of parameters between
+    // ranks; fills diag[n_groups] when diag != NULL.
     void (*optimizer_step)(Backend *b, const StepInfo *base, GroupDiagnostics *diag);
     // The curvature hook: the current gradients are the sampled-label gradients.
     void (*curvature_step)(Backend *b, const StepInfo *base);
 
-    // Host copies for checkpoints.
+    // Host copies for checkpoints, in the one-rank layout (collective: every rank calls).
     void (*get_params)(Backend *b, float *dst);
     void (*set_params)(Backend *b, const float *src);
     void (*get_state)(Backend *b, float *dst);

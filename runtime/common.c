@@ -9,14 +9,17 @@
 #include <time.h>
 
 static NORETURN void (*fatal_hook)(int status);
+static char error_prefix[64];
 
 void set_fatal_hook(NORETURN void (*hook)(int status)) { fatal_hook = hook; }
+void set_error_prefix(const char *prefix) { snprintf(error_prefix, sizeof error_prefix, "%s", prefix); }
 
 void fatal(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     fflush(stdout);
     fputs("error: ", stderr);
+    fputs(error_prefix, stderr);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     fflush(stderr);

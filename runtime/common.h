@@ -23,6 +23,8 @@ extern "C" {
 NORETURN void fatal(const char *fmt, ...) PRINTF_LIKE(1, 2);
 // Called by fatal() after printing; used by runtime/dist to abort all ranks.
 void set_fatal_hook(NORETURN void (*hook)(int status));
+// Text put after "error: " in every fatal message (e.g. "rank 1: "); copied.
+void set_error_prefix(const char *prefix);
 
 void *xmalloc(size_t bytes);
 void *xcalloc(size_t count, size_t size);

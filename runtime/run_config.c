@@ -25,12 +25,14 @@ const ConfigKey train_keys[] = {
     K(TrainConfig, grad_clip, KEY_FLOAT, "1.0", "[0,inf)", NULL, "clip the global gradient norm to this; 0: off"),
     K(TrainConfig, seed, KEY_INT, "1337", "[0,inf)", NULL, "seed of the run: weight init (unless model.seed), data order, sampled labels, text samples"),
     K(TrainConfig, zero, KEY_INT, "0", "[0,1]", NULL, "ZeRO stage: 1 shards element-wise optimizer state over ranks"),
+    K(TrainConfig, spread_matrix_optimizers, KEY_BOOL, "true", NULL, NULL,
+      "data parallel: step each Muon/Shampoo/SOAP tensor on one rank and exchange; false: every rank steps all"),
     KEY_END,
 };
 
 const ConfigKey eval_keys[] = {
     K(EvalConfig, every, KEY_INT, "0", "[0,inf)", NULL, "steps between validation losses (also at step 0 and the end); 0: off"),
-    K(EvalConfig, batches, KEY_INT, "20", "[1,inf)", NULL, "micro-batches per validation loss"),
+    K(EvalConfig, batches, KEY_INT, "20", "[1,inf)", NULL, "global batches (one optimizer step's tokens each) per validation loss"),
     KEY_END,
 };
 

@@ -24,6 +24,7 @@ typedef struct {
     float grad_clip; // max global grad norm; 0: off
     int seed;        // data shuffle, sampled labels, text sampling
     int zero;        // ZeRO stage (0 or 1)
+    int spread_matrix_optimizers;  // per-tensor optimizers step each tensor on one rank
 } TrainConfig;
 
 typedef struct {

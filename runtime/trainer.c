@@ -48,8 +48,10 @@ static void load_tokenizer(Trainer *tr) {
     tr->has_tok = 1;
 }
 
+// Mean loss over eval.batches global batches of one optimizer step's tokens each, so
+// every (world, grad_accum) split of the same global batch evaluates the same rows.
 static float evaluate(Trainer *tr) {
-    const int batches = tr->rc->eval.batches;
+    const int batches = tr->rc->eval.batches * tr->accum;
     loader_reset(&tr->val);
     double sum = 0;
     for (int i = 0; i < batches; i++) {
@@ -178,6 +180,10 @@ static void print_header(const Trainer *tr, long start_step) {
            tr->b->name, tr->world, tr->world > 1 ? "s" : "", tr->B, tr->T, tr->accum, tr->world, tr->tokens_per_step,
            tr->steps, start_step ? " (resumed)" : "");
     optim_print(tr->b->opt, stdout);
+    const OptimDist *d = &tr->b->opt->dist;
+    if (d->world > 1)
+        printf("data parallel: %d ranks%s, optimizer state on this rank %.2f MiB\n", d->world,
+               d->zero ? ", ZeRO-1 (element-wise state sharded)" : "", (double)d->local_floats * 4.0 / (1 << 20));
     printf("train data: %d shard%s, %ld micro-batches per epoch; run directory %s\n", tr->train.num_shards,
            tr->train.num_shards > 1 ? "s" : "", (long)loader_batches_per_epoch(&tr->train), tr->opts->out_dir);
     fflush(stdout);
@@ -228,7 +234,10 @@ void train_run(const RunConfig *rc, Backend *b, const TrainOptions *opts, TrainS
                 (uint64_t)rc->train.seed, "data.train");
     loader_set_accum(&tr.train, tr.accum);
     tr.has_val = rc->data.val[0] != '\0';
-    if (tr.has_val) loader_open(&tr.val, rc->data.val, tr.B, tr.T, tr.rank, tr.world, rc->model.vocab_size, 0, 0, "data.val");
+    if (tr.has_val) {
+        loader_open(&tr.val, rc->data.val, tr.B, tr.T, tr.rank, tr.world, rc->model.vocab_size, 0, 0, "data.val");
+        loader_set_accum(&tr.val, tr.accum);
+    }
     if (rc->sample.every) load_tokenizer(&tr);
     rng_seed(&tr.rng_train, (uint64_t)rc->train.seed);
     rng_seed(&tr.rng_sample, (uint64_t)rc->train.seed ^ 0x5A3B1E5ull);
@@ -272,7 +281,7 @@ void train_run(const RunConfig *rc, Backend *b, const TrainOptions *opts, TrainS
             loader_next(&tr.train, tr.inputs + a * micro, tr.targets + a * micro);
             loss_sum += b->train_micro(b, tr.inputs + a * micro, tr.targets + a * micro, tr.B, tr.T, 1.0f / tr.accum, &tr.rng_train);
         }
-        if (tr.world > 1) dist_allreduce_mean(b->grad_buffer(b), b->layout->num_params);
+        b->sync_grads(b);
         loss = (float)dist_mean(loss_sum / tr.accum);
         const double norm = sqrt(b->grad_sq_norm(b));
         if (!isfinite(loss) || !isfinite(norm))
@@ -291,7 +300,7 @@ void train_run(const RunConfig *rc, Backend *b, const TrainOptions *opts, TrainS
             b->zero_grad(b);
             for (int a = 0; a < tr.accum; a++)
                 b->train_micro(b, tr.inputs + a * micro, NULL, tr.B, tr.T, 1.0f / tr.accum, &tr.rng_train);
-            if (tr.world > 1) dist_allreduce_mean(b->grad_buffer(b), b->layout->num_params);
+            b->sync_grads(b);
             b->curvature_step(b, &base);
         }
         const double dt = wall_time() - t0;
