@@ -9,6 +9,10 @@
 #include "adopt.h"
 #include "ademamix.h"
 #include "adafactor.h"
+#include "muon.h"
+#include "shampoo.h"
+#include "soap.h"
+#include "sophia.h"
 
 static const OptimizerDef *const registry[] = {
     &optimizer_adamw,
@@ -17,6 +21,10 @@ static const OptimizerDef *const registry[] = {
     &optimizer_adopt,
     &optimizer_ademamix,
     &optimizer_adafactor,
+    &optimizer_muon,
+    &optimizer_shampoo,
+    &optimizer_soap,
+    &optimizer_sophia,
     NULL,
 };
 
