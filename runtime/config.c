@@ -122,6 +122,17 @@ static void load_with_extends(JsonConfig *c, cJSON *acc, const char *path, int d
     cJSON_Delete(root);
 }
 
+// "groups[1]" -> name "groups", index 1; a plain part gives index -1.
+static int split_index(char *part, const char *assignment) {
+    char *open = strchr(part, '[');
+    if (!open) return -1;
+    char *end;
+    long idx = strtol(open + 1, &end, 10);
+    if (end == open + 1 || *end != ']' || end[1] != '\0' || idx < 0) fatal("--set %s: bad list index in \"%s\"", assignment, part);
+    *open = '\0';
+    return (int)idx;
+}
+
 static void apply_override(JsonConfig *c, const char *assignment) {
     const char *eq = strchr(assignment, '=');
     if (!eq || eq == assignment) fatal("--set %s: expected section.key=value", assignment);
@@ -136,15 +147,27 @@ static void apply_override(JsonConfig *c, const char *assignment) {
 
     char origin[600];
     snprintf(origin, sizeof origin, "--set %s", key);
+    char path[512] = "";
+    snprintf(path, sizeof path, "%s", key);
     cJSON *node = c->root;
     char *save = NULL, *part = strtok_r(key, ".", &save);
-    char path[512] = "";
     while (part) {
         char *next = strtok_r(NULL, ".", &save);
-        char sub[512];
-        join_path(sub, sizeof sub, path, part);
-        snprintf(path, sizeof path, "%s", sub);
+        const int index = split_index(part, assignment);
         cJSON *child = cJSON_GetObjectItemCaseSensitive(node, part);
+        if (index >= 0) {  // an element of a list that the config already has
+            if (!cJSON_IsArray(child) || index >= cJSON_GetArraySize(child))
+                fatal("--set %s: %s has no element %d", assignment, part, index);
+            if (!next) {
+                cJSON_ReplaceItemInArray(child, index, value);
+                record_tree(c, value, path, origin);
+                return;
+            }
+            node = cJSON_GetArrayItem(child, index);
+            if (!cJSON_IsObject(node)) fatal("--set %s: %s[%d] is not an object", assignment, part, index);
+            part = next;
+            continue;
+        }
         if (!next) {
             if (strcmp(part, "name") == 0 && renamed(node, value)) {
                 // Same rule as merging: a renamed object starts afresh.
@@ -165,7 +188,7 @@ static void apply_override(JsonConfig *c, const char *assignment) {
             child = cJSON_CreateObject();
             cJSON_AddItemToObject(node, part, child);
         } else if (!cJSON_IsObject(child)) {
-            fatal("--set %s: %s is not a section", assignment, path);
+            fatal("--set %s: %s is not a section", assignment, part);
         }
         node = child;
         part = next;

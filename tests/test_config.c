@@ -162,3 +162,29 @@ TEST(config_rename_resets_section_and_null_deletes) {
     CHECK(cJSON_GetObjectItem(json_config_section(c, "optimizer"), "beta1") != NULL);
     json_config_free(c);
 }
+
+// --set reaches into lists: optimizer.groups[1].lr changes one group only.
+TEST(config_set_list_elements) {
+    write_text(tmp_path("groups.json"),
+               "{\"optimizer\": {\"name\": \"adamw\", \"groups\": [{\"params\": \"matrices\", \"lr\": 0.1},"
+               " {\"params\": \"all\", \"lr\": 0.2}]}}");
+    const char *sets[] = {"optimizer.groups[1].lr=0.5", "optimizer.groups[0]={\"params\": \"norms\"}"};
+    JsonConfig *c = json_config_load(tmp_path("groups.json"), sets, 2);
+    const cJSON *groups = cJSON_GetObjectItem(json_config_section(c, "optimizer"), "groups");
+    CHECK(cJSON_GetObjectItem(cJSON_GetArrayItem(groups, 1), "lr")->valuedouble == 0.5);
+    CHECK(strcmp(cJSON_GetObjectItem(cJSON_GetArrayItem(groups, 0), "params")->valuestring, "norms") == 0);
+    CHECK(cJSON_GetObjectItem(cJSON_GetArrayItem(groups, 0), "lr") == NULL);
+    CHECK(strcmp(json_config_origin(c, "optimizer.groups[1].lr"), "--set optimizer.groups[1].lr") == 0);
+    json_config_free(c);
+}
+
+static void set_missing_element(void *arg) {
+    const char *sets[] = {(const char *)arg};
+    json_config_load(tmp_path("groups.json"), sets, 1);
+}
+
+TEST(config_set_list_errors) {
+    if (!file_exists(tmp_path("groups.json"))) config_set_list_elements();
+    EXPECT_FATAL(set_missing_element, (void *)"optimizer.groups[5].lr=1", "groups has no element 5");
+    EXPECT_FATAL(set_missing_element, (void *)"optimizer.groups[x].lr=1", "bad list index");
+}
