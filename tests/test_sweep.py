@@ -149,6 +149,21 @@ class TestExpansion(SweepTestCase):
         p = self.run_sweep(sweep, "--out", out, "--dry-run", "--mpirun", "2")
         self.assertIn("mpirun -np 2 %s -c base.json" % FAKE, p.stdout)
 
+    def test_variant_with_its_own_base_config(self):
+        self.base_config()
+        write_json(os.path.join(self.tmp, "other.json"), {"model": {"n_layer": 2}})
+        sweep = self.write_sweep({"base": "base.json", "seeds": [1],
+                                  "variants": {"plain": {}, "other": {"base": "other.json", "train.steps": 4}}})
+        out = os.path.join(self.tmp, "out")
+        p = self.run_sweep(sweep, "--dry-run", "--out", out)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("-c base.json --set train.seed=1 --out", p.stdout)
+        self.assertIn("-c other.json --set train.steps=4 --set train.seed=1 --out", p.stdout)
+        missing = self.write_sweep({"base": "base.json", "variants": {"x": {"base": "nope.json"}}}, "bad.json")
+        p = self.run_sweep(missing, "--dry-run", "--out", out)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("nope.json", p.stderr)
+
     def test_names_are_safe_unique_and_disambiguated(self):
         mod = load_sweep_module()
         spec = mod.validate_spec({
