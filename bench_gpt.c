@@ -48,7 +48,6 @@ int main(int argc, char **argv) {
     RunConfig rc;
     run_config_read(&rc, json_config_load(config, sets, n_sets));
     Backend *b = cpu_backend_create(&rc);
-    GPTCpu *m = cpu_backend_model(b);
     const int B = rc.train.batch_size, T = rc.train.seq_len, N = B * T, V = rc.model.vocab_size;
     int *inputs = (int *)xmalloc((size_t)N * sizeof(int)), *targets = (int *)xmalloc((size_t)N * sizeof(int));
     Rng r;
@@ -63,10 +62,11 @@ int main(int argc, char **argv) {
     const int warmup = 3;
     for (int s = -warmup; s < steps; s++) {
         double t0 = wall_time();
-        gpt_cpu_forward(m, inputs, targets, B, T);
+        b->eval_micro(b, inputs, targets, B, T);
         double t1 = wall_time();
         b->zero_grad(b);
         b->train_micro(b, inputs, targets, B, T, 1.0f, &r);
+        b->sync_grads(b);
         double t2 = wall_time();
         const StepInfo info = {s + warmup + 1, rc.train.steps, rc.schedule.lr, 1.0f, (double)N};
         b->optimizer_step(b, &info, NULL);

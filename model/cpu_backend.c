@@ -9,14 +9,25 @@
 #include "../runtime/dist.h"
 #include "llmc.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+// On models this small, threads inside each layer spend much of their time waiting at
+// the ~100 fork/joins of a step. Instead, each thread runs the whole forward and backward
+// on its own slice of the batch's rows (single-threaded BLAS inside), and the slices'
+// gradients are summed once per step. slices[0] owns the parameters.
+enum { MAX_SLICES = 64 };
+
 typedef struct {
     Backend base;
-    GPTCpu model;
+    GPTCpu slices[MAX_SLICES];
+    int n_slices;
     Optimizer opt;
     float *snapshot;  // parameters before the step, for update-RMS diagnostics
 } CpuBackend;
 
-static GPTCpu *model_of(Backend *b) { return &((CpuBackend *)b->self)->model; }
+static GPTCpu *model_of(Backend *b) { return &((CpuBackend *)b->self)->slices[0]; }
 
 double sum_squares(const float *x, size_t n) {
     enum { CHUNK = 1 << 15 };
@@ -36,12 +47,53 @@ double sum_squares(const float *x, size_t n) {
     return total;
 }
 
+// Rows [first, first + count) of a batch of B for slice k of n: as even as possible.
+static void slice_rows(int B, int n, int k, int *first, int *count) {
+    *first = (int)((long)B * k / n);
+    *count = (int)((long)B * (k + 1) / n) - *first;
+}
+
+// Forward (and backward, with `train`) of a micro-batch split over the slices; the mean
+// loss of the whole batch. Each slice's rows weigh in by their share of the tokens.
+static float run_slices(CpuBackend *cb, const int *inputs, const int *targets, int B, int T, float grad_scale, Rng *rng,
+                        int train) {
+    const int n = cb->n_slices < B ? cb->n_slices : B;
+    if (n == 1) {
+        GPTCpu *m = &cb->slices[0];
+        return train ? gpt_cpu_forward_backward(m, inputs, targets, B, T, grad_scale, rng)
+                     : gpt_cpu_forward(m, inputs, targets, B, T);
+    }
+    // Sampled labels: one RNG stream per slice, derived from the trainer's.
+    const uint64_t stream = rng ? rng_u64(rng) : 0;
+    double loss = 0;
+#pragma omp parallel num_threads(n) reduction(+ : loss)
+    {
+#ifdef _OPENMP
+        const int k = omp_get_thread_num();
+#else
+        const int k = 0;
+#endif
+        int first, rows;
+        slice_rows(B, n, k, &first, &rows);
+        const size_t off = (size_t)first * T;
+        const float share = (float)rows / (float)B;
+        GPTCpu *m = &cb->slices[k];
+        Rng r;
+        rng_seed(&r, stream + (uint64_t)k);
+        const float l = train ? gpt_cpu_forward_backward(m, inputs + off, targets ? targets + off : NULL, rows, T,
+                                                         grad_scale * share, &r)
+                              : gpt_cpu_forward(m, inputs + off, targets + off, rows, T);
+        loss += (double)l * share;
+    }
+    return (float)loss;
+}
+
 static float cpu_train_micro(Backend *b, const int *inputs, const int *targets, int B, int T, float grad_scale, Rng *rng) {
-    return gpt_cpu_forward_backward(model_of(b), inputs, targets, B, T, grad_scale, rng);
+    return run_slices((CpuBackend *)b->self, inputs, targets, B, T, grad_scale, rng, 1);
 }
 
 static float cpu_eval_micro(Backend *b, const int *inputs, const int *targets, int B, int T) {
-    return gpt_cpu_forward(model_of(b), inputs, targets, B, T);
+    return run_slices((CpuBackend *)b->self, inputs, targets, B, T, 0.0f, NULL, 0);
 }
 
 static void cpu_next_logits(Backend *b, const int *tokens, int t, float *logits) {
@@ -51,8 +103,30 @@ static void cpu_next_logits(Backend *b, const int *tokens, int t, float *logits)
     memcpy(logits, m->logits + (size_t)(t - 1) * V, (size_t)V * sizeof(float));
 }
 
-static void cpu_zero_grad(Backend *b) { gpt_cpu_zero_grad(model_of(b)); }
-static void cpu_sync_grads(Backend *b) { optim_sync_grads(b->opt, model_of(b)->grads, b->layout->num_params); }
+static void cpu_zero_grad(Backend *b) {
+    CpuBackend *cb = (CpuBackend *)b->self;
+    for (int k = 0; k < cb->n_slices; k++) gpt_cpu_zero_grad(&cb->slices[k]);
+}
+
+// The slices' gradients into slices[0] (in slice order, so the sum is deterministic),
+// then across ranks.
+static void cpu_sync_grads(Backend *b) {
+    CpuBackend *cb = (CpuBackend *)b->self;
+    float *g = cb->slices[0].grads;
+    const size_t n = b->layout->num_params;
+    if (cb->n_slices > 1) {
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) {
+            float sum = g[i];
+            for (int k = 1; k < cb->n_slices; k++) {
+                sum += cb->slices[k].grads[i];
+                cb->slices[k].grads[i] = 0.0f;
+            }
+            g[i] = sum;
+        }
+    }
+    optim_sync_grads(b->opt, g, n);
+}
 
 static double cpu_grad_sq_norm(Backend *b) {
     size_t lo, hi;  // under ZeRO each rank holds the averaged gradients of its range only
@@ -86,7 +160,7 @@ static double group_sq(const Optimizer *opt, const OptimGroup *g, const float *x
 
 static void cpu_optimizer_step(Backend *b, const StepInfo *base, GroupDiagnostics *diag) {
     CpuBackend *cb = (CpuBackend *)b->self;
-    GPTCpu *m = &cb->model;
+    GPTCpu *m = &cb->slices[0];
     const size_t n = b->layout->num_params;
     if (diag) memcpy(cb->snapshot, m->params, n * sizeof(float));
     optim_step_cpu(&cb->opt, m->params, m->grads, base);
@@ -105,7 +179,7 @@ static void cpu_optimizer_step(Backend *b, const StepInfo *base, GroupDiagnostic
 
 static void cpu_curvature_step(Backend *b, const StepInfo *base) {
     CpuBackend *cb = (CpuBackend *)b->self;
-    optim_curvature_cpu(&cb->opt, cb->model.grads, base);
+    optim_curvature_cpu(&cb->opt, cb->slices[0].grads, base);
 }
 
 static void cpu_get_params(Backend *b, float *dst) { memcpy(dst, model_of(b)->params, b->layout->num_params * sizeof(float)); }
@@ -115,9 +189,18 @@ static void cpu_set_state(Backend *b, const float *src) { optim_state_from_globa
 
 Backend *cpu_backend_create(const RunConfig *rc) {
     CpuBackend *cb = (CpuBackend *)xcalloc(1, sizeof *cb);
-    gpt_cpu_init(&cb->model, &rc->model, rc->train.batch_size, rc->model.block_size);
-    if (rc->model.init_from[0]) llmc_load_params(rc->model.init_from, &cb->model.layout, cb->model.params);
-    const ModelLayout *L = &cb->model.layout;
+    int threads = 1;
+#ifdef _OPENMP
+    threads = omp_get_max_threads();
+#endif
+    const int B = rc->train.batch_size;
+    cb->n_slices = threads < B ? threads : B;
+    if (cb->n_slices > MAX_SLICES) cb->n_slices = MAX_SLICES;
+    const int rows = (B + cb->n_slices - 1) / cb->n_slices;  // the largest slice
+    gpt_cpu_init(&cb->slices[0], &rc->model, rows, rc->model.block_size);
+    for (int k = 1; k < cb->n_slices; k++) gpt_cpu_init_slice(&cb->slices[k], &cb->slices[0], rows, rc->model.block_size);
+    if (rc->model.init_from[0]) llmc_load_params(rc->model.init_from, &cb->slices[0].layout, cb->slices[0].params);
+    const ModelLayout *L = &cb->slices[0].layout;
     optim_build(&cb->opt, rc->json, L->tensors, L->num_tensors, rc->schedule.lr);
     optim_distribute(&cb->opt, rc->json, rc->train.zero, rc->train.spread_matrix_optimizers, dist_rank(), dist_world(),
                      L->num_params);
@@ -148,7 +231,7 @@ GPTCpu *cpu_backend_model(Backend *b) { return model_of(b); }
 
 void cpu_backend_free(Backend *b) {
     CpuBackend *cb = (CpuBackend *)b->self;
-    gpt_cpu_free(&cb->model);
+    for (int k = cb->n_slices - 1; k >= 0; k--) gpt_cpu_free(&cb->slices[k]);
     optim_free(&cb->opt);
     free(cb->snapshot);
     free(cb);

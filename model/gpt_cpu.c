@@ -38,17 +38,13 @@ static const float *head_weights(const ModelLayout *L, const float *base) {
     return base + L->array_offset[L->cfg.tie_embeddings ? P_WTE : P_HEAD];
 }
 
-void gpt_cpu_init(GPTCpu *m, const ModelConfig *cfg, int max_B, int max_T) {
-    memset(m, 0, sizeof *m);
-    model_layout_init(&m->layout, cfg);
-    const ModelLayout *L = &m->layout;
-    m->params = xmalloc_floats(L->num_params);
-    m->grads = xmalloc_floats(L->num_params);
-    model_init_params(L, m->params);
-    memset(m->grads, 0, L->num_params * sizeof(float));
+// Gradients and activations for at most max_B x max_T tokens.
+static void alloc_workspace(GPTCpu *m, int max_B, int max_T) {
+    const ModelConfig *cfg = &m->layout.cfg;
+    m->grads = xmalloc_floats(m->layout.num_params);
+    memset(m->grads, 0, m->layout.num_params * sizeof(float));
     m->max_B = max_B;
     m->max_T = max_T;
-
     const size_t N = (size_t)max_B * max_T, Ly = (size_t)cfg->n_layer, C = (size_t)cfg->n_embd;
     const size_t qkv = (size_t)cfg->qkv_dim, fc = (size_t)cfg->fc_dim, hid = (size_t)cfg->hidden;
     const size_t att = (size_t)max_B * cfg->n_head * max_T * max_T;
@@ -73,8 +69,24 @@ void gpt_cpu_init(GPTCpu *m, const ModelConfig *cfg, int max_B, int max_T) {
     if (cfg->arch == ARCH_LLAMA) rope_table(m->rope, max_T, cfg->head_dim, cfg->rope_theta);
 }
 
+void gpt_cpu_init(GPTCpu *m, const ModelConfig *cfg, int max_B, int max_T) {
+    memset(m, 0, sizeof *m);
+    model_layout_init(&m->layout, cfg);
+    m->params = xmalloc_floats(m->layout.num_params);
+    m->owns_params = 1;
+    model_init_params(&m->layout, m->params);
+    alloc_workspace(m, max_B, max_T);
+}
+
+void gpt_cpu_init_slice(GPTCpu *slice, const GPTCpu *parent, int max_B, int max_T) {
+    memset(slice, 0, sizeof *slice);
+    model_layout_init(&slice->layout, &parent->layout.cfg);
+    slice->params = parent->params;
+    alloc_workspace(slice, max_B, max_T);
+}
+
 void gpt_cpu_free(GPTCpu *m) {
-    free(m->params);
+    if (m->owns_params) free(m->params);
     free(m->grads);
     free(m->act_memory);
     free(m->targets);

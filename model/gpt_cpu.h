@@ -9,6 +9,7 @@
 typedef struct {
     ModelLayout layout;
     float *params, *grads;  // flat, layout.num_params each
+    int owns_params;        // 0 for a slice that shares another model's parameters
     int max_B, max_T;
     int B, T;               // shape of the last forward
     float *act_memory;
@@ -24,6 +25,9 @@ typedef struct {
 
 // Allocates parameters (initialised from cfg.seed), gradients (zeroed) and activations.
 void gpt_cpu_init(GPTCpu *m, const ModelConfig *cfg, int max_B, int max_T);
+// A slice: the parameters of `parent`, with its own gradients and activations, so that
+// threads can run forward and backward on different rows of a batch at once.
+void gpt_cpu_init_slice(GPTCpu *slice, const GPTCpu *parent, int max_B, int max_T);
 void gpt_cpu_free(GPTCpu *m);
 
 // Forward on B x T tokens. With targets, returns the mean cross-entropy; else 0 and only
