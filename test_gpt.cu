@@ -315,7 +315,7 @@ static void matmul_case(int N, int IC, int OC, int with_bias, int bias_offset, i
                N, IC, OC, with_bias, bias_offset, rel_error(down_x(d_out, (size_t)N * OC), out, (size_t)N * OC));
     }
 
-    // Backward: dinp overwritten (the CPU adds into zeros), dweight and dbias accumulate.
+    // Backward: dinp overwritten (as on the CPU), dweight and dbias accumulate.
     const float *dout = rnd((size_t)N * OC, 33, -1, 1);
     float *dinp = halloc((size_t)N * IC), *dw = rnd((size_t)OC * IC, 34, -1, 1), *db = rnd(OC, 35, -1, 1);
     float *d_dw = up_f(dw, (size_t)OC * IC), *d_db = with_bias ? up_f(db, OC) : NULL;

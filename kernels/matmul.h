@@ -19,13 +19,32 @@ static inline void matmul_forward(float *restrict out, const float *restrict inp
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, IC, 1.0f, inp, IC, weight, IC, beta, out, OC);
 }
 
-//   dinp += dout @ weight,  dweight += dout^T @ inp,  dbias += sum over rows of dout.
-// dinp and dbias may be NULL (not needed).
+// out = residual + inp @ weight^T + bias: a projection whose output is added to the residual
+// stream, in one pass over out (the GEMM adds to residual + bias) instead of three.
+static inline void matmul_forward_residual(float *restrict out, const float *restrict residual, const float *restrict inp,
+                                           const float *restrict weight, const float *restrict bias, int N, int IC, int OC) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *r = residual + (size_t)n * OC;
+        float *o = out + (size_t)n * OC;
+        if (bias) {
+#pragma omp simd
+            for (int j = 0; j < OC; j++) o[j] = r[j] + bias[j];
+        } else {
+            memcpy(o, r, (size_t)OC * sizeof(float));
+        }
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, IC, 1.0f, inp, IC, weight, IC, 1.0f, out, OC);
+}
+
+//   dinp = dout @ weight (overwritten),  dweight += dout^T @ inp,  dbias += sum over rows of dout.
+// The weight gradients accumulate (micro-batches add up); the input gradient is written,
+// which spares zeroing it first. dinp and dbias may be NULL (not needed).
 static inline void matmul_backward(float *restrict dinp, float *restrict dweight, float *restrict dbias,
                                    const float *restrict dout, const float *restrict inp,
                                    const float *restrict weight, int N, int IC, int OC) {
     if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, OC, 1.0f, dout, OC, weight, IC, 1.0f, dinp, IC);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, OC, 1.0f, dout, OC, weight, IC, 0.0f, dinp, IC);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dweight, IC);
     if (dbias) {
         // Split by column blocks, each summed in row order: no race, same bits for any thread count.

@@ -16,7 +16,7 @@ static inline void swiglu_forward(float *restrict out, const float *restrict inp
     }
 }
 
-// dinp is (N, 2*Hd) like inp: d gate = dout * up * silu'(gate), d up = dout * silu(gate).
+// dinp is (N, 2*Hd) like inp, overwritten: d gate = dout * up * silu'(gate), d up = dout * silu(gate).
 static inline void swiglu_backward(float *restrict dinp, const float *restrict dout, const float *restrict inp, int N, int Hd) {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -29,8 +29,8 @@ static inline void swiglu_backward(float *restrict dinp, const float *restrict d
         for (int j = 0; j < Hd; j++) {
             float dsilu;
             float silu = act_silu_with_grad(g[j], &dsilu);
-            dg[j] += d[j] * u[j] * dsilu;
-            du[j] += d[j] * silu;
+            dg[j] = d[j] * u[j] * dsilu;
+            du[j] = d[j] * silu;
         }
     }
 }

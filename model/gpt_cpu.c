@@ -9,7 +9,6 @@
 #include "../kernels/gelu.h"
 #include "../kernels/layernorm.h"
 #include "../kernels/matmul.h"
-#include "../kernels/residual.h"
 #include "../kernels/rmsnorm.h"
 #include "../kernels/rope.h"
 #include "../kernels/swiglu.h"
@@ -51,11 +50,11 @@ static void alloc_workspace(GPTCpu *m, int max_B, int max_T) {
     float **slots[] = {&m->ln1, &m->ln1_mean, &m->ln1_rstd, &m->qkv, &m->att, &m->atty, &m->res2, &m->ln2,
                        &m->ln2_mean, &m->ln2_rstd, &m->fch, &m->fch_act, &m->res3, &m->encoded, &m->lnf,
                        &m->lnf_mean, &m->lnf_rstd, &m->logits, &m->losses, &m->dres, &m->dln, &m->dqkv,
-                       &m->datty, &m->dfch, &m->dfch_act, &m->tmp, &m->rope};
+                       &m->datty, &m->dfch, &m->dfch_act, &m->rope};
     const size_t sizes[] = {Ly * N * C, Ly * N, Ly * N, Ly * N * qkv, Ly * att, Ly * N * C, Ly * N * C, Ly * N * C,
                             Ly * N, Ly * N, Ly * N * fc, Ly * N * hid, Ly * N * C, N * C, N * C,
                             N, N, N * (size_t)cfg->vocab_size, N, N * C, N * C, N * qkv,
-                            N * C, N * fc, N * hid, N * C, (size_t)max_T * (size_t)cfg->head_dim};
+                            N * C, N * fc, N * hid, (size_t)max_T * (size_t)cfg->head_dim};
     const int n = (int)(sizeof sizes / sizeof sizes[0]);
     size_t total = 0;
     for (int i = 0; i < n; i++) total += (sizes[i] + 15) & ~(size_t)15;  // 64-byte aligned slices
@@ -143,13 +142,11 @@ float gpt_cpu_forward(GPTCpu *m, const int *inputs, const int *targets, int B, i
         matmul_forward(qkv, ln1, w.qkvw, w.qkvb, N, C, c->qkv_dim);
         if (c->arch == ARCH_LLAMA) rope_forward(qkv, m->rope, B, T, H, KVH, hd);
         attention_forward(atty, att, qkv, B, T, H, KVH, hd);
-        matmul_forward(m->tmp, atty, w.attprojw, w.attprojb, N, C, C);
-        residual_forward(res2, res, m->tmp, (int)NC);
+        matmul_forward_residual(res2, res, atty, w.attprojw, w.attprojb, N, C, C);
         norm_forward(c, ln2, m->ln2_mean + (size_t)l * N, m->ln2_rstd + (size_t)l * N, res2, w.ln2w, w.ln2b, N);
         matmul_forward(fch, ln2, w.fcw, w.fcb, N, C, c->fc_dim);
         mlp_act_forward(c, fch_act, fch, N);
-        matmul_forward(m->tmp, fch_act, w.fcprojw, w.fcprojb, N, c->hidden, C);
-        residual_forward(res3, res2, m->tmp, (int)NC);
+        matmul_forward_residual(res3, res2, fch_act, w.fcprojw, w.fcprojb, N, c->hidden, C);
         res = res3;
     }
     const float *lnfb = L->array_size[P_LNFB] ? m->params + L->array_offset[P_LNFB] : NULL;
@@ -199,7 +196,6 @@ float gpt_cpu_forward_backward(GPTCpu *m, const int *inputs, const int *targets,
 
     float *g = m->grads;
     const float *res_last = c->n_layer ? m->res3 + (size_t)(c->n_layer - 1) * NC : m->encoded;
-    memset(m->dln, 0, NC * sizeof(float));
     matmul_backward(m->dln, (float *)head_weights(L, g), NULL, dlogits, m->lnf, head_weights(L, m->params), N, C, V);
     memset(m->dres, 0, NC * sizeof(float));
     float *dlnfb = L->array_size[P_LNFB] ? g + L->array_offset[P_LNFB] : NULL;
@@ -215,22 +211,17 @@ float gpt_cpu_forward_backward(GPTCpu *m, const int *inputs, const int *targets,
         const float *fch = m->fch + (size_t)l * N * c->fc_dim, *fch_act = m->fch_act + (size_t)l * N * c->hidden;
 
         // MLP branch: res3 = res2 + proj(act(fc(norm(res2)))); dres holds d res3 and becomes d res2.
-        memset(m->dfch_act, 0, (size_t)N * c->hidden * sizeof(float));
         matmul_backward(m->dfch_act, (float *)dw.fcprojw, (float *)dw.fcprojb, m->dres, fch_act, w.fcprojw, N, c->hidden, C);
-        memset(m->dfch, 0, (size_t)N * c->fc_dim * sizeof(float));
         mlp_act_backward(c, m->dfch, m->dfch_act, fch, N);
-        memset(m->dln, 0, NC * sizeof(float));
         matmul_backward(m->dln, (float *)dw.fcw, (float *)dw.fcb, m->dfch, ln2, w.fcw, N, C, c->fc_dim);
         norm_backward(c, m->dres, (float *)dw.ln2w, (float *)dw.ln2b, m->dln, res2, w.ln2w, m->ln2_mean + (size_t)l * N,
                       m->ln2_rstd + (size_t)l * N, N);
 
         // Attention branch: res2 = res_in + proj(attn(rope(qkv(norm(res_in))))); dres becomes d res_in.
-        memset(m->datty, 0, NC * sizeof(float));
         matmul_backward(m->datty, (float *)dw.attprojw, (float *)dw.attprojb, m->dres, atty, w.attprojw, N, C, C);
         memset(m->dqkv, 0, (size_t)N * c->qkv_dim * sizeof(float));
         attention_backward(m->dqkv, m->datty, qkv, att, B, T, H, KVH, hd);
         if (c->arch == ARCH_LLAMA) rope_backward(m->dqkv, m->rope, B, T, H, KVH, hd);
-        memset(m->dln, 0, NC * sizeof(float));
         matmul_backward(m->dln, (float *)dw.qkvw, (float *)dw.qkvb, m->dqkv, ln1, w.qkvw, N, C, c->qkv_dim);
         norm_backward(c, m->dres, (float *)dw.ln1w, (float *)dw.ln1b, m->dln, res_in, w.ln1w, m->ln1_mean + (size_t)l * N,
                       m->ln1_rstd + (size_t)l * N, N);

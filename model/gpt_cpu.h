@@ -19,7 +19,7 @@ typedef struct {
     float *encoded, *lnf, *lnf_mean, *lnf_rstd, *logits, *losses;
     int *targets;           // the labels the last loss used (given or sampled)
     // Backward scratch (one layer).
-    float *dres, *dln, *dqkv, *datty, *dfch, *dfch_act, *tmp;
+    float *dres, *dln, *dqkv, *datty, *dfch, *dfch_act;
     float *rope;            // (max_T, head_dim/2, 2) cos/sin table, llama only
 } GPTCpu;
 

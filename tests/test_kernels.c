@@ -14,9 +14,11 @@
 // Observed errors are 1e-6 to 1e-4 (KTEST_VERBOSE=1 prints them), the largest for attention
 // with ~10^4 outputs; GRAD_TOL = 1e-3 leaves a 10x margin, while a dropped term or a wrong
 // factor in a backward gives errors of 0.1 or more (each kind was tried by breaking a kernel).
-// Gradient buffers start from random values, not zeros: the check compares (after - before),
-// which fails if a backward overwrites instead of accumulating, and a second call must then
-// double (after - before).
+// Gradient buffers start from random values, not zeros. Most gradients accumulate: the check
+// compares (after - before), which fails if a backward overwrites instead, and a second call
+// must then double (after - before). The input gradients of matmul, GELU and SwiGLU are
+// overwritten (the model never needs them summed, and writing saves zeroing a buffer): for
+// those the check compares the buffer itself, and a second call must leave it unchanged.
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -96,6 +98,7 @@ typedef struct {
     float *g;
     size_t n;
     size_t sample;
+    int overwrite;  // the backward writes g instead of adding to it
 } Param;
 
 static size_t param_checked(const Param *p) { return p->sample && p->sample < p->n ? p->sample : p->n; }
@@ -143,7 +146,7 @@ static void gradcheck_(const char *file, int line, const char *layer, LossFn los
     }
     backward(ctx);
     for (int p = 0; p < np; p++) {
-        for (size_t i = 0; i < ps[p].n; i++) d1[p][i] = ps[p].g[i] - g0[p][i];
+        for (size_t i = 0; i < ps[p].n; i++) d1[p][i] = ps[p].g[i] - (ps[p].overwrite ? 0.0f : g0[p][i]);
         const size_t m = param_checked(&ps[p]);
         float *fd = xmalloc_floats(m), *an = xmalloc_floats(m);
         fd_gradient(loss, ctx, ps[p].x, &ps[p], h, fd);
@@ -158,13 +161,13 @@ static void gradcheck_(const char *file, int line, const char *layer, LossFn los
     for (int p = 0; p < np; p++) {
         float *d2 = xmalloc_floats(ps[p].n), *twice = xmalloc_floats(ps[p].n);
         for (size_t i = 0; i < ps[p].n; i++) {
-            d2[i] = ps[p].g[i] - g0[p][i];
-            twice[i] = 2.0f * d1[p][i];
+            d2[i] = ps[p].g[i] - (ps[p].overwrite ? 0.0f : g0[p][i]);
+            twice[i] = (ps[p].overwrite ? 1.0f : 2.0f) * d1[p][i];
         }
         double err = rel_error(d2, twice, ps[p].n);
         if (!(err <= ACCUM_TOL))
-            test_fail(file, line, "%s: d%s does not accumulate: second call gives %.3g relative error vs 2x", layer,
-                      ps[p].name, err);
+            test_fail(file, line, "%s: d%s does not %s: second call gives %.3g relative error", layer, ps[p].name,
+                      ps[p].overwrite ? "overwrite" : "accumulate", err);
         free(d2);
         free(twice);
         free(g0[p]);
@@ -241,7 +244,7 @@ TEST(gelu_forward_backward) {
     double *ref = xmalloc(n * sizeof(double));
     for (int i = 0; i < n; i++) ref[i] = gelu_ref(c.inp[i]);
     CHECK_REF(c.out, ref, n, 1e-6);
-    Param ps[] = {{"inp", c.inp, c.dinp, n, 0}};
+    Param ps[] = {{"inp", c.inp, c.dinp, n, 0, 1}};
     GRADCHECK("gelu", gelu_loss, gelu_bwd, &c, ps, GRAD_TOL);
     free(c.inp), free(c.out), free(c.w), free(c.dinp), free(ref);
 }
@@ -267,7 +270,7 @@ TEST(residual_forward_backward) {
                xmalloc_floats(n), xmalloc_floats(n)};
     residual_forward(c.out, c.a, c.b, n);
     for (int i = 0; i < n; i++) CHECK(c.out[i] == c.a[i] + c.b[i]);
-    Param ps[] = {{"a", c.a, c.da, n, 0}, {"b", c.b, c.db, n, 0}};
+    Param ps[] = {{"a", c.a, c.da, n, 0, 0}, {"b", c.b, c.db, n, 0, 0}};
     GRADCHECK("residual", residual_loss, residual_bwd, &c, ps, GRAD_TOL);
     free(c.a), free(c.b), free(c.out), free(c.w), free(c.da), free(c.db);
 }
@@ -301,7 +304,7 @@ TEST(encoder_forward_backward) {
         for (int k = 0; k < C; k++)
             exact &= c.out[n * C + k] == c.wte[c.tokens[n] * C + k] + c.wpe[(n % T) * C + k];
     CHECK(exact);
-    Param ps[] = {{"wte", c.wte, c.dwte, (size_t)V * C, 0}, {"wpe", c.wpe, c.dwpe, (size_t)T * C, 0}};
+    Param ps[] = {{"wte", c.wte, c.dwte, (size_t)V * C, 0, 0}, {"wpe", c.wpe, c.dwpe, (size_t)T * C, 0, 0}};
     GRADCHECK("encoder", encoder_loss, encoder_bwd, &c, ps, GRAD_TOL);
 
     // Without position embeddings: forward copies wte rows, backward leaves dwpe alone.
@@ -378,7 +381,7 @@ TEST(layernorm_forward_backward) {
     CHECK_REF(c.out, ref, N * C, 1e-6);
     CHECK_REF(c.mean, mean, N, 1e-6);
     CHECK_REF(c.rstd, rstd, N, 1e-6);
-    Param ps[] = {{"inp", c.inp, c.dinp, N * C, 0}, {"weight", c.weight, c.dweight, C, 0}, {"bias", c.bias, c.dbias, C, 0}};
+    Param ps[] = {{"inp", c.inp, c.dinp, N * C, 0, 0}, {"weight", c.weight, c.dweight, C, 0, 0}, {"bias", c.bias, c.dbias, C, 0, 0}};
     GRADCHECK("layernorm", layernorm_loss, layernorm_bwd, &c, ps, GRAD_TOL);
     norm_free(&c);
 }
@@ -407,7 +410,7 @@ TEST(rmsnorm_forward_backward) {
     }
     CHECK_REF(c.out, ref, N * C, 1e-6);
     CHECK_REF(c.rstd, rstd, N, 1e-6);
-    Param ps[] = {{"inp", c.inp, c.dinp, N * C, 0}, {"weight", c.weight, c.dweight, C, 0}};
+    Param ps[] = {{"inp", c.inp, c.dinp, N * C, 0, 0}, {"weight", c.weight, c.dweight, C, 0, 0}};
     GRADCHECK("rmsnorm", rmsnorm_loss, rmsnorm_bwd, &c, ps, GRAD_TOL);
     norm_free(&c);
 }
@@ -450,7 +453,15 @@ TEST(matmul_forward_against_naive) {
     matmul_forward(out, inp, weight, NULL, N, IC, OC);
     matmul_ref(ref, inp, weight, NULL, N, IC, OC);
     CHECK_REF(out, ref, N * OC, 1e-6);
-    free(inp), free(weight), free(bias), free(out), free(ref);
+    // The residual form adds the projection to a residual stream.
+    float *res = rand_floats(N * OC, 5, -1, 1);
+    for (int with_bias = 0; with_bias < 2; with_bias++) {
+        matmul_forward_residual(out, res, inp, weight, with_bias ? bias : NULL, N, IC, OC);
+        matmul_ref(ref, inp, weight, with_bias ? bias : NULL, N, IC, OC);
+        for (int i = 0; i < N * OC; i++) ref[i] += res[i];
+        CHECK_REF(out, ref, N * OC, 1e-6);
+    }
+    free(inp), free(weight), free(bias), free(out), free(ref), free(res);
 }
 
 TEST(matmul_backward_fd) {
@@ -458,7 +469,7 @@ TEST(matmul_backward_fd) {
     Mm c = {N, IC, OC, rand_floats(N * IC, 1, -1, 1), rand_floats(OC * IC, 2, -1, 1), rand_floats(OC, 3, -1, 1),
             xmalloc_floats(N * OC), rand_floats(N * OC, 4, -1, 1), xmalloc_floats(N * IC), xmalloc_floats(OC * IC),
             xmalloc_floats(OC)};
-    Param ps[] = {{"inp", c.inp, c.dinp, N * IC, 0}, {"weight", c.weight, c.dweight, OC * IC, 0}, {"bias", c.bias, c.dbias, OC, 0}};
+    Param ps[] = {{"inp", c.inp, c.dinp, N * IC, 0, 1}, {"weight", c.weight, c.dweight, OC * IC, 0, 0}, {"bias", c.bias, c.dbias, OC, 0, 0}};
     GRADCHECK("matmul", matmul_loss, matmul_bwd, &c, ps, GRAD_TOL);
 
     // NULL dinp / dbias: dweight is unchanged, nothing else is touched.
@@ -548,7 +559,7 @@ static void attention_case(int B, int T, int H, int KVH, int hd, size_t sample) 
 
     char name[64];
     snprintf(name, sizeof name, "attention T=%d H=%d KVH=%d hd=%d", T, H, KVH, hd);
-    Param ps[] = {{"qkv", c.qkv, c.dqkv, att_qkv_size(&c), sample}};
+    Param ps[] = {{"qkv", c.qkv, c.dqkv, att_qkv_size(&c), sample, 0}};
     GRADCHECK(name, attention_loss, attention_bwd, &c, ps, GRAD_TOL);
     free(out), free(att);
     att_free(&c);
@@ -619,7 +630,7 @@ TEST(swiglu_forward_backward) {
     for (int n = 0; n < N; n++)
         for (int j = 0; j < Hd; j++) ref[n * Hd + j] = silu_ref(c.inp[n * 2 * Hd + j]) * c.inp[n * 2 * Hd + Hd + j];
     CHECK_REF(c.out, ref, N * Hd, 1e-6);
-    Param ps[] = {{"inp", c.inp, c.dinp, N * 2 * Hd, 0}};
+    Param ps[] = {{"inp", c.inp, c.dinp, N * 2 * Hd, 0, 1}};
     GRADCHECK("swiglu", swiglu_loss, swiglu_bwd, &c, ps, GRAD_TOL);
     free(c.inp), free(c.out), free(c.w), free(c.dinp);
 }
@@ -689,7 +700,7 @@ TEST(rope_closed_form_inverse_and_backward) {
     rope_backward(c.work, c.table, B, T, H, KVH, hd);
     CHECK_REL(c.work, c.qkv, n, 1e-6);
 
-    Param ps[] = {{"qkv", c.qkv, c.dqkv, n, 0}};
+    Param ps[] = {{"qkv", c.qkv, c.dqkv, n, 0, 0}};
     GRADCHECK("rope", rope_loss, rope_bwd, &c, ps, GRAD_TOL);
     free(c.table), free(c.qkv), free(c.work), free(c.w), free(c.dqkv), free(c.tmp), free(ref);
 }
@@ -749,7 +760,7 @@ TEST(crossentropy_fused_and_in_place) {
     for (int n = 0; n < N; n++) c.targets[n] = (n * 7 + 2) % V;
 
     // dlogits against finite differences of the mean loss (dloss = 1/N).
-    Param ps[] = {{"logits", c.logits, c.dlogits, N * V, 0}};
+    Param ps[] = {{"logits", c.logits, c.dlogits, N * V, 0, 0}};
     GRADCHECK("crossentropy", crossentropy_mean_loss, crossentropy_bwd, &c, ps, GRAD_TOL);
 
     // From here on one row has logits whose exp overflows float unless the max is subtracted
