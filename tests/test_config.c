@@ -74,36 +74,16 @@ TEST(config_errors_name_key_and_file) {
 
 // --- optimizer groups ---
 
-static const char *GROUP_MODEL =
-    "{\"model\": {\"arch\": \"gpt2\", \"n_layer\": 1, \"n_head\": 2, \"n_embd\": 8, \"block_size\": 4, \"vocab_size\": 11},"
-    " \"optimizer\": %s}";
-
-static void build_groups(void *optimizer_json) {
-    char json[2048];
-    snprintf(json, sizeof json, GROUP_MODEL, (const char *)optimizer_json);
-    JsonConfig *c = config_from_text(json);
-    ModelConfig mc;
-    model_config_read(&mc, c);
-    ModelLayout L;
-    model_layout_init(&L, &mc);
-    Optimizer opt;
-    optim_build(&opt, c, L.tensors, L.num_tensors, 1e-3f);
-}
 
 TEST(optimizer_group_routing) {
-    char json[2048];
-    snprintf(json, sizeof json, GROUP_MODEL,
-             "{\"name\": \"adamw\", \"beta1\": 0.5, \"groups\": ["
-             "{\"params\": \"matrices\", \"lr_mult\": 2, \"weight_decay\": 0.1},"
-             "{\"params\": [\"embeddings\", \"h.*.ln*\"], \"beta2\": 0.9, \"label\": \"emb\"},"
-             "{\"params\": [\"lnf.*\", \"h.*.attn.*.bias\", \"h.*.mlp.*.bias\"], \"lr\": 0.5}]}");
-    JsonConfig *c = config_from_text(json);
-    ModelConfig mc;
-    model_config_read(&mc, c);
-    ModelLayout L;
-    model_layout_init(&L, &mc);
     Optimizer opt;
-    optim_build(&opt, c, L.tensors, L.num_tensors, 1e-3f);
+    ModelLayout L;
+    JsonConfig *c;
+    tiny_optimizer(&opt, &L, &c,
+                   "{\"name\": \"adamw\", \"beta1\": 0.5, \"groups\": ["
+                   "{\"params\": \"matrices\", \"lr_mult\": 2, \"weight_decay\": 0.1},"
+                   "{\"params\": [\"embeddings\", \"h.*.ln*\"], \"beta2\": 0.9, \"label\": \"emb\"},"
+                   "{\"params\": [\"lnf.*\", \"h.*.attn.*.bias\", \"h.*.mlp.*.bias\"], \"lr\": 0.5}]}");
     CHECK(opt.n_groups == 3);
     CHECK(fabsf(opt.groups[0].lr_peak - 2e-3f) < 1e-9f);
     CHECK(opt.groups[2].lr_peak == 0.5f);
@@ -125,18 +105,18 @@ TEST(optimizer_group_routing) {
 }
 
 TEST(optimizer_group_errors) {
-    EXPECT_FATAL(build_groups, (void *)"{\"groups\": [{\"params\": \"matrices\"}]}",
+    EXPECT_FATAL(build_tiny_optimizer, (void *)"{\"groups\": [{\"params\": \"matrices\"}]}",
                  "optimizer.groups: tensor wte (embedding) is in no group");
-    EXPECT_FATAL(build_groups, (void *)"{\"groups\": [{\"params\": \"all\"}, {\"params\": \"norms\"}]}",
+    EXPECT_FATAL(build_tiny_optimizer, (void *)"{\"groups\": [{\"params\": \"all\"}, {\"params\": \"norms\"}]}",
                  "optimizer.groups[1].params: tensor h.0.ln1.weight is already in group 0:adamw");
-    EXPECT_FATAL(build_groups, (void *)"{\"groups\": [{\"params\": \"all\", \"name\": \"adamq\"}]}",
+    EXPECT_FATAL(build_tiny_optimizer, (void *)"{\"groups\": [{\"params\": \"all\", \"name\": \"adamq\"}]}",
                  "optimizer.groups[0]: unknown optimizer \"adamq\"");
-    EXPECT_FATAL(build_groups, (void *)"{\"groups\": [{\"params\": \"all\", \"betta1\": 0.9}]}",
+    EXPECT_FATAL(build_tiny_optimizer, (void *)"{\"groups\": [{\"params\": \"all\", \"betta1\": 0.9}]}",
                  "optimizer.groups[0].betta1: unknown key");
-    EXPECT_FATAL(build_groups, (void *)"{\"groups\": [{\"params\": \"mlp.*\"}]}", "selector \"mlp.*\"");
-    EXPECT_FATAL(build_groups, (void *)"{\"name\": \"sgdd\"}", "optimizer.name: unknown optimizer \"sgdd\"");
-    EXPECT_FATAL(build_groups, (void *)"{\"beta1\": 1.5}", "optimizer.beta1: 1.5 is out of range [0,1)");
-    EXPECT_FATAL(build_groups, (void *)"{\"groups\": [{\"params\": \"all\", \"lr\": 1, \"lr_mult\": 2}]}", "either lr or lr_mult");
+    EXPECT_FATAL(build_tiny_optimizer, (void *)"{\"groups\": [{\"params\": \"mlp.*\"}]}", "selector \"mlp.*\"");
+    EXPECT_FATAL(build_tiny_optimizer, (void *)"{\"name\": \"sgdd\"}", "optimizer.name: unknown optimizer \"sgdd\"");
+    EXPECT_FATAL(build_tiny_optimizer, (void *)"{\"beta1\": 1.5}", "optimizer.beta1: 1.5 is out of range [0,1)");
+    EXPECT_FATAL(build_tiny_optimizer, (void *)"{\"groups\": [{\"params\": \"all\", \"lr\": 1, \"lr_mult\": 2}]}", "either lr or lr_mult");
 }
 
 // A child config that switches optimizer starts the optimizer section afresh (the base's

@@ -643,50 +643,30 @@ TEST(optim_registry_keys_documented) {
 // ---------------------------------------------------------------------------------------
 // Groups and errors specific to these optimizers.
 
-static const char *GROUP_MODEL =
-    "{\"model\": {\"arch\": \"gpt2\", \"n_layer\": 1, \"n_head\": 2, \"n_embd\": 8, \"block_size\": 4, \"vocab_size\": 11},"
-    " \"optimizer\": %s}";
-
-static void build_groups(void *optimizer_json) {
-    char json[2048];
-    snprintf(json, sizeof json, GROUP_MODEL, (const char *)optimizer_json);
-    JsonConfig *c = config_from_text(json);
-    ModelConfig mc;
-    model_config_read(&mc, c);
-    ModelLayout L;
-    model_layout_init(&L, &mc);
-    Optimizer opt;
-    optim_build(&opt, c, L.tensors, L.num_tensors, 1e-3f);
-}
 
 TEST(optim_elementwise_group_errors) {
-    EXPECT_FATAL(build_groups, (void *)"{\"groups\": [{\"params\": \"all\", \"name\": \"lion\", \"beta3\": 0.9}]}",
+    EXPECT_FATAL(build_tiny_optimizer, (void *)"{\"groups\": [{\"params\": \"all\", \"name\": \"lion\", \"beta3\": 0.9}]}",
                  "optimizer.groups[0].beta3: unknown key");
-    EXPECT_FATAL(build_groups, (void *)"{\"name\": \"sgd\", \"momentum\": 0, \"nesterov\": true}",
+    EXPECT_FATAL(build_tiny_optimizer, (void *)"{\"name\": \"sgd\", \"momentum\": 0, \"nesterov\": true}",
                  "optimizer.groups[0].nesterov: Nesterov momentum needs momentum > 0");
-    EXPECT_FATAL(build_groups, (void *)"{\"name\": \"ademamix\", \"alpha\": -1}", "optimizer.alpha: -1 is out of range");
-    EXPECT_FATAL(build_groups, (void *)"{\"name\": \"adafactor\", \"decay_rate\": 0.8}", "optimizer.decay_rate: 0.8 is out of range");
-    EXPECT_FATAL(build_groups, (void *)"{\"name\": \"adopt\", \"weight_decay_mode\": \"independent\"}",
+    EXPECT_FATAL(build_tiny_optimizer, (void *)"{\"name\": \"ademamix\", \"alpha\": -1}", "optimizer.alpha: -1 is out of range");
+    EXPECT_FATAL(build_tiny_optimizer, (void *)"{\"name\": \"adafactor\", \"decay_rate\": 0.8}", "optimizer.decay_rate: 0.8 is out of range");
+    EXPECT_FATAL(build_tiny_optimizer, (void *)"{\"name\": \"adopt\", \"weight_decay_mode\": \"independent\"}",
                  "optimizer.weight_decay_mode: must be one of decoupled|l2");
 }
 
 // A mixed model: each group's optimizer takes its tensors with its own state size, and
 // top-level keys of another optimizer do not leak into a group.
 TEST(optim_elementwise_mixed_groups) {
-    char json[2048];
-    snprintf(json, sizeof json, GROUP_MODEL,
-             "{\"name\": \"adamw\", \"eps\": 1e-7, \"amsgrad\": true, \"groups\": ["
-             "{\"params\": \"matrices\", \"name\": \"adafactor\", \"beta1\": 0.9},"
-             "{\"params\": [\"embeddings\", \"head\"], \"name\": \"ademamix\"},"
-             "{\"params\": \"norms\", \"name\": \"lion\", \"lr_mult\": 0.3},"
-             "{\"params\": \"biases\", \"name\": \"sgd\", \"momentum\": 0}]}");
-    JsonConfig *c = config_from_text(json);
-    ModelConfig mc;
-    model_config_read(&mc, c);
-    ModelLayout L;
-    model_layout_init(&L, &mc);
     Optimizer opt;
-    optim_build(&opt, c, L.tensors, L.num_tensors, 1e-3f);
+    ModelLayout L;
+    JsonConfig *c;
+    tiny_optimizer(&opt, &L, &c,
+                   "{\"name\": \"adamw\", \"eps\": 1e-7, \"amsgrad\": true, \"groups\": ["
+                   "{\"params\": \"matrices\", \"name\": \"adafactor\", \"beta1\": 0.9},"
+                   "{\"params\": [\"embeddings\", \"head\"], \"name\": \"ademamix\"},"
+                   "{\"params\": \"norms\", \"name\": \"lion\", \"lr_mult\": 0.3},"
+                   "{\"params\": \"biases\", \"name\": \"sgd\", \"momentum\": 0}]}");
     CHECK(opt.n_groups == 4 && !opt.elementwise_only);
     size_t expect = 0;
     for (int i = 0; i < L.num_tensors; i++) {

@@ -377,38 +377,20 @@ TEST(muon_step_matches_formula) {
         }
 }
 
-static const char *GROUP_MODEL =
-    "{\"model\": {\"arch\": \"gpt2\", \"n_layer\": 1, \"n_head\": 2, \"n_embd\": 8, \"block_size\": 4, \"vocab_size\": 11},"
-    " \"optimizer\": %s}";
-
-static void build_groups(void *optimizer_json) {
-    char json[2048];
-    snprintf(json, sizeof json, GROUP_MODEL, (const char *)optimizer_json);
-    JsonConfig *c = config_from_text(json);
-    ModelConfig mc;
-    model_config_read(&mc, c);
-    ModelLayout L;
-    model_layout_init(&L, &mc);
-    Optimizer opt;
-    optim_build(&opt, c, L.tensors, L.num_tensors, 1e-3f);
-    optim_free(&opt);
-    model_layout_free(&L);
-    json_config_free(c);
-}
 
 TEST(muon_refuses_non_matrix_tensors) {
-    EXPECT_FATAL(build_groups, (void *)"{\"groups\": [{\"params\": \"all\", \"name\": \"muon\"}]}",
+    EXPECT_FATAL(build_tiny_optimizer, (void *)"{\"groups\": [{\"params\": \"all\", \"name\": \"muon\"}]}",
                  "optimizer.groups[0].params: muon cannot take wte (embedding): Muon is for hidden 2-D weight matrices only");
-    EXPECT_FATAL(build_groups,
+    EXPECT_FATAL(build_tiny_optimizer,
                  (void *)"{\"groups\": [{\"params\": [\"matrices\", \"norms\"], \"name\": \"muon\"},"
                          " {\"params\": [\"embeddings\", \"biases\"]}]}",
                  "muon cannot take h.0.ln1.weight (norm)");
-    EXPECT_FATAL(build_groups,
+    EXPECT_FATAL(build_tiny_optimizer,
                  (void *)"{\"groups\": [{\"params\": \"matrices\", \"name\": \"muon\", \"ns_coefficients\": [1, 2]},"
                          " {\"params\": [\"embeddings\", \"norms\", \"biases\"]}]}",
                  "optimizer.groups[0].ns_coefficients: must be");
     // The routing the docs recommend builds.
-    build_groups((void *)"{\"groups\": [{\"params\": \"matrices\", \"name\": \"muon\", \"lr\": 0.02},"
+    build_tiny_optimizer((void *)"{\"groups\": [{\"params\": \"matrices\", \"name\": \"muon\", \"lr\": 0.02},"
                          " {\"params\": [\"embeddings\", \"head\", \"norms\", \"biases\"]}]}");
 }
 
@@ -716,9 +698,9 @@ TEST(shampoo_eigenvalue_corrected_matches_direct_implementation) {
     CHECKF(e < 1e-4, "4x4: %g", e);
     e = shampoo_vs_reference(json, 1, 3, 7, 7);
     CHECKF(e < 1e-4, "vector: %g", e);
-    EXPECT_FATAL(build_groups, (void *)"{\"name\": \"shampoo\", \"variant\": \"eigenvalue_corrected\", \"grafting\": \"adam\"}",
+    EXPECT_FATAL(build_tiny_optimizer, (void *)"{\"name\": \"shampoo\", \"variant\": \"eigenvalue_corrected\", \"grafting\": \"adam\"}",
                  "optimizer.groups[0].grafting: eigenvalue-corrected Shampoo does not graft");
-    EXPECT_FATAL(build_groups, (void *)"{\"name\": \"shampoo\", \"precondition_frequency\": 5, \"start_preconditioning_step\": 2}",
+    EXPECT_FATAL(build_tiny_optimizer, (void *)"{\"name\": \"shampoo\", \"precondition_frequency\": 5, \"start_preconditioning_step\": 2}",
                  "optimizer.groups[0].start_preconditioning_step: 2 is below precondition_frequency 5");
 }
 

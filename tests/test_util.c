@@ -106,3 +106,25 @@ void check_resume_identical(const char *arch, const char *optimizer, const char 
     CHECKF(a[2 * N] < a[1], "%s: the loss did not fall (%g -> %g)", tag, a[1], a[2 * N]);
 }
 
+
+void tiny_optimizer(Optimizer *opt, ModelLayout *L, JsonConfig **c, const char *optimizer_json) {
+    char json[2048];
+    snprintf(json, sizeof json,
+             "{\"model\": {\"arch\": \"gpt2\", \"n_layer\": 1, \"n_head\": 2, \"n_embd\": 8, \"block_size\": 4,"
+             " \"vocab_size\": 11}, \"optimizer\": %s}", optimizer_json);
+    *c = config_from_text(json);
+    ModelConfig mc;
+    model_config_read(&mc, *c);
+    model_layout_init(L, &mc);
+    optim_build(opt, *c, L->tensors, L->num_tensors, 1e-3f);
+}
+
+void build_tiny_optimizer(void *optimizer_json) {
+    Optimizer opt;
+    ModelLayout L;
+    JsonConfig *c;
+    tiny_optimizer(&opt, &L, &c, (const char *)optimizer_json);
+    optim_free(&opt);
+    model_layout_free(&L);
+    json_config_free(c);
+}

@@ -3,6 +3,7 @@
 #include <stdint.h>
 
 #include "../runtime/config.h"
+#include "../optim/optimizer.h"
 #include "../runtime/run_config.h"
 
 // A JsonConfig from JSON text (origin "test"); fatal on invalid JSON.
@@ -23,3 +24,8 @@ void read_losses(const char *dir, double *loss, int max_step);
 // 2N steps unbroken vs N steps, checkpoint, resume, N steps: the losses after the resume
 // must be identical. `tag` names the run directories.
 void check_resume_identical(const char *arch, const char *optimizer_json, const char *tag);
+// Builds the optimizer section `optimizer_json` (JSON text) on a tiny GPT-2 (1 layer, width
+// 8, vocab 11); the caller frees opt, L and c.
+void tiny_optimizer(Optimizer *opt, ModelLayout *L, JsonConfig **c, const char *optimizer_json);
+// The same, freed again: the target of EXPECT_FATAL checks of optimizer config errors.
+void build_tiny_optimizer(void *optimizer_json);
