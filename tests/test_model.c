@@ -152,3 +152,41 @@ TEST(model_config_errors) {
     EXPECT_FATAL(bad_heads, NULL, "test: model.n_head: n_embd (8) must be divisible by n_head (3)");
     EXPECT_FATAL(bad_kv, NULL, "model.n_kv_head: n_head (4) must be divisible by n_kv_head (3)");
 }
+
+// Causality of the whole model: changing token t must leave the logits of every earlier
+// position unchanged (bit for bit) and change those at t. A leak through attention, RoPE
+// or any layer mixing positions would make a model look far better than it is.
+static void check_model_causal(const char *json) {
+    enum { B = 2, T = 9 };
+    GPTCpu m;
+    model_from_json(&m, json, B, T);
+    const int V = m.layout.cfg.vocab_size, N = B * T;
+    int tokens[B * T];
+    Rng r;
+    rng_seed(&r, 4);
+    for (int i = 0; i < N; i++) tokens[i] = (int)rng_below(&r, (uint64_t)V);
+    gpt_cpu_forward(&m, tokens, NULL, B, T);
+    float *before = xmalloc_floats((size_t)N * V);
+    memcpy(before, m.logits, (size_t)N * V * sizeof(float));
+    for (int t = 1; t < T; t++) {
+        int changed[B * T];
+        memcpy(changed, tokens, sizeof changed);
+        for (int b = 0; b < B; b++) changed[b * T + t] = (tokens[b * T + t] + 1) % V;
+        gpt_cpu_forward(&m, changed, NULL, B, T);
+        for (int b = 0; b < B; b++) {
+            const size_t earlier = (size_t)(b * T) * V, at = (size_t)(b * T + t) * V;
+            CHECKF(memcmp(m.logits + earlier, before + earlier, (size_t)t * V * sizeof(float)) == 0,
+                   "changing token %d changed the logits of an earlier position", t);
+            CHECKF(memcmp(m.logits + at, before + at, (size_t)V * sizeof(float)) != 0,
+                   "changing token %d did not change its own logits", t);
+        }
+    }
+    free(before);
+    gpt_cpu_free(&m);
+}
+
+TEST(model_is_causal) {
+    check_model_causal("{\"model\": {\"arch\": \"gpt2\", \"n_layer\": 2, \"n_head\": 2, \"n_embd\": 16, \"block_size\": 9, \"vocab_size\": 13}}");
+    check_model_causal("{\"model\": {\"arch\": \"llama\", \"n_layer\": 2, \"n_head\": 4, \"n_kv_head\": 2, \"n_embd\": 16,"
+                       " \"block_size\": 9, \"vocab_size\": 13, \"tie_embeddings\": false}}");
+}
