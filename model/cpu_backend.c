@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "../kernels/crossentropy.h"
+#include "../optim/microstats.h"
 #include "../runtime/common.h"
 #include "../runtime/dist.h"
 #include "llmc.h"
@@ -25,6 +26,8 @@ typedef struct {
     int n_slices;
     Optimizer opt;
     float *snapshot;  // parameters before the step, for update-RMS diagnostics
+    MicroStats stats; // per-micro-batch statistics of the bias corrections (plan.active = 0: none)
+    int stats_pass;   // the pass of stats_micro (MS_PASS_*)
 } CpuBackend;
 
 static GPTCpu *model_of(Backend *b) { return &((CpuBackend *)b->self)->slices[0]; }
@@ -108,12 +111,9 @@ static void cpu_zero_grad(Backend *b) {
     for (int k = 0; k < cb->n_slices; k++) gpt_cpu_zero_grad(&cb->slices[k]);
 }
 
-// The slices' gradients into slices[0] (in slice order, so the sum is deterministic),
-// then across ranks.
-static void cpu_sync_grads(Backend *b) {
-    CpuBackend *cb = (CpuBackend *)b->self;
-    float *g = cb->slices[0].grads;
-    const size_t n = b->layout->num_params;
+// The gradients of slices 1.. into g (in slice order, so the sum is deterministic), which
+// leaves them zero.
+static void gather_slices(CpuBackend *cb, float *g, size_t n) {
     if (cb->n_slices > 1) {
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++) {
@@ -125,6 +125,14 @@ static void cpu_sync_grads(Backend *b) {
             g[i] = sum;
         }
     }
+}
+
+// The slices' gradients into slices[0], then across ranks.
+static void cpu_sync_grads(Backend *b) {
+    CpuBackend *cb = (CpuBackend *)b->self;
+    float *g = cb->slices[0].grads;
+    const size_t n = b->layout->num_params;
+    gather_slices(cb, g, n);
     optim_sync_grads(b->opt, g, n);
 }
 
@@ -142,6 +150,7 @@ static void cpu_scale_grads(Backend *b, float s) {
     optim_grad_range(b->opt, b->layout->num_params, &lo, &hi);
 #pragma omp parallel for schedule(static)
     for (size_t i = lo; i < hi; i++) m->grads[i] *= s;
+    microstats_scale(&((CpuBackend *)b->self)->stats, s);  // the statistics follow the clip
 }
 
 // Sum of squares of x (minus `minus`) over a group's tensors, within [lo, hi).
@@ -163,7 +172,8 @@ static void cpu_optimizer_step(Backend *b, const StepInfo *base, GroupDiagnostic
     GPTCpu *m = &cb->slices[0];
     const size_t n = b->layout->num_params;
     if (diag) memcpy(cb->snapshot, m->params, n * sizeof(float));
-    optim_step_cpu(&cb->opt, m->params, m->grads, base);
+    if (cb->stats.plan.active) microstats_step_cpu(&cb->stats, &cb->opt, m->params, m->grads, base);
+    else optim_step_cpu(&cb->opt, m->params, m->grads, base);
     optim_exchange_params(&cb->opt, m->params);
     if (!diag) return;
     size_t lo, hi;
@@ -179,7 +189,36 @@ static void cpu_optimizer_step(Backend *b, const StepInfo *base, GroupDiagnostic
 
 static void cpu_curvature_step(Backend *b, const StepInfo *base) {
     CpuBackend *cb = (CpuBackend *)b->self;
-    optim_curvature_cpu(&cb->opt, cb->slices[0].grads, base);
+    if (cb->stats.plan.curvature) microstats_curvature_cpu(&cb->stats, &cb->opt, cb->slices[0].grads, base);
+    else optim_curvature_cpu(&cb->opt, cb->slices[0].grads, base);
+}
+
+// Statistics (optim/microstats.h): slice 0's backward adds where the micro-batch's role says
+// (the gradients, the A sum, or the zeroed scratch that then holds the micro-batch alone);
+// the other slices' gradients are gathered into the same place before the fold.
+static void cpu_stats_begin(Backend *b, int pass, const StepInfo *info) {
+    CpuBackend *cb = (CpuBackend *)b->self;
+    cb->stats_pass = pass;
+    microstats_begin(&cb->stats, pass, info);
+}
+
+static float cpu_stats_micro(Backend *b, const int *inputs, const int *targets, int B, int T, float grad_scale, int role,
+                             Rng *rng) {
+    CpuBackend *cb = (CpuBackend *)b->self;
+    GPTCpu *m = &cb->slices[0];
+    float *grads = m->grads, scale;
+    float *target = microstats_target(&cb->stats, role, grads, grad_scale, &scale);
+    m->grads = target;
+    const float loss = run_slices(cb, inputs, targets, B, T, scale, rng, 1);
+    m->grads = grads;
+    gather_slices(cb, target, b->layout->num_params);
+    microstats_fold(&cb->stats, &cb->opt, grads, cb->stats_pass, role, grad_scale);
+    return loss;
+}
+
+static void cpu_stats_end(Backend *b, int pass, float grad_scale) {
+    CpuBackend *cb = (CpuBackend *)b->self;
+    microstats_end(&cb->stats, &cb->opt, cb->slices[0].grads, pass, grad_scale);
 }
 
 static void cpu_get_params(Backend *b, float *dst) { memcpy(dst, model_of(b)->params, b->layout->num_params * sizeof(float)); }
@@ -205,6 +244,7 @@ Backend *cpu_backend_create(const RunConfig *rc) {
     optim_distribute(&cb->opt, rc->json, rc->train.zero, rc->train.spread_matrix_optimizers, dist_rank(), dist_world(),
                      L->num_params);
     optim_alloc_state(&cb->opt);
+    if (microstats_required(&cb->opt)) microstats_init(&cb->stats, &cb->opt, dist_rank(), dist_world(), rc->train.grad_accum);
     if (rc->log.diagnostics) cb->snapshot = xmalloc_floats(L->num_params);
     Backend *b = &cb->base;
     b->name = "cpu";
@@ -224,15 +264,23 @@ Backend *cpu_backend_create(const RunConfig *rc) {
     b->set_params = cpu_set_params;
     b->get_state = cpu_get_state;
     b->set_state = cpu_set_state;
+    if (cb->stats.plan.active) {
+        b->stats_plan = &cb->stats.plan;
+        b->stats_begin = cpu_stats_begin;
+        b->stats_micro = cpu_stats_micro;
+        b->stats_end = cpu_stats_end;
+    }
     return b;
 }
 
 GPTCpu *cpu_backend_model(Backend *b) { return model_of(b); }
+const MicroStats *cpu_backend_stats(Backend *b) { return &((CpuBackend *)b->self)->stats; }
 
 void cpu_backend_free(Backend *b) {
     CpuBackend *cb = (CpuBackend *)b->self;
     for (int k = cb->n_slices - 1; k >= 0; k--) gpt_cpu_free(&cb->slices[k]);
     optim_free(&cb->opt);
+    microstats_free(&cb->stats);
     free(cb->snapshot);
     free(cb);
 }

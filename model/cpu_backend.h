@@ -13,6 +13,9 @@ extern "C" {
 Backend *cpu_backend_create(const RunConfig *rc);
 void cpu_backend_free(Backend *b);
 GPTCpu *cpu_backend_model(Backend *b);
+// The per-micro-batch statistics of the bias corrections (plan.active = 0 without them).
+struct MicroStats;
+const struct MicroStats *cpu_backend_stats(Backend *b);
 
 // Sum of squares in double, deterministic whatever the thread count: fixed-size chunks
 // are summed in parallel, then the chunk sums in order.

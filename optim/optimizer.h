@@ -31,6 +31,9 @@ typedef struct {
     double tokens_per_step;  // tokens in one optimizer step, all ranks and micro-batches
 } StepInfo;
 
+struct MicroStatsNeed;
+struct MicroStatsView;
+
 typedef struct OptimizerDef {
     const char *name;
     const char *summary;    // one line, with the reference it follows
@@ -68,6 +71,26 @@ typedef struct OptimizerDef {
     // Scheduled values worth logging (e.g. AdamW's eps when it follows a schedule): fills
     // up to `max` names and values and returns how many. NULL: none.
     int (*log_scalars)(const void *hyper, const StepInfo *s, const char **names, double *values, int max);
+
+    // Bias corrections from per-micro-batch statistics (optim/microstats.h, docs/crossfit.md);
+    // all NULL for optimizers without them. stats_need fills what the group needs; a group
+    // whose need is inactive (correction "none") runs the plain steps above, bit for bit.
+    void (*stats_need)(const void *hyper, struct MicroStatsNeed *need);
+    // Element-wise: the step, the curvature update and the leave-one-out fold of micro-batch
+    // gradient g_r, with the statistics of the same elements in `v`.
+    void (*step_elements_stats)(const void *hyper, const StepInfo *s, const struct MicroStatsView *v, float *param,
+                                const float *grad, float *const *state, size_t n);
+    void (*curvature_elements_stats)(const void *hyper, const StepInfo *s, const struct MicroStatsView *v,
+                                     const float *curvature_grad, float *const *state, size_t n);
+    void (*loo_fold_elements)(const void *hyper, const StepInfo *s, const struct MicroStatsView *v, const float *g_r,
+                              float *const *state, size_t n);
+    // Per-tensor: floats of per-tensor statistics, the fold of one micro-batch's gradient of
+    // the tensor into them (state: the tensor's optimizer state), and the step.
+    size_t (*stats_tensor_floats)(const void *hyper, const ParamTensor *t);
+    void (*stats_fold_tensor)(const void *hyper, const StepInfo *s, const ParamTensor *t, const float *g_j,
+                              const float *state, float *stats);
+    void (*step_tensor_stats)(const void *hyper, const StepInfo *s, const struct MicroStatsView *v, const ParamTensor *t,
+                              float *param, const float *grad, float *state, const float *stats);
 } OptimizerDef;
 
 const OptimizerDef *optimizer_find(const char *name);

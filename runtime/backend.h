@@ -15,6 +15,7 @@ typedef struct {
 } GroupDiagnostics;
 
 typedef struct Backend Backend;
+struct MicroStatsPlan;  // optim/microstats.h
 struct Backend {
     const char *name;            // "cpu" or "cuda"
     const ModelLayout *layout;
@@ -48,6 +49,22 @@ struct Backend {
     void (*set_params)(Backend *b, const float *src);
     void (*get_state)(Backend *b, float *dst);
     void (*set_state)(Backend *b, const float *src);
+
+    // --- Optional: per-micro-batch statistics for the bias corrections (optim/microstats.h,
+    // docs/crossfit.md). A backend without them leaves all of these NULL, and the trainer
+    // refuses a config whose optimizer groups set a correction.
+    // What the loop must do (NULL: no group asked for statistics).
+    const struct MicroStatsPlan *stats_plan;
+    // A pass (MS_PASS_*) over the micro-batches of step info->step begins.
+    void (*stats_begin)(Backend *b, int pass, const StepInfo *info);
+    // One micro-batch's forward and backward in the pass, its gradient folded into the
+    // statistics by its role (MS_ROLE_*); grad_scale is what train_micro would get. Returns
+    // the mean loss.
+    float (*stats_micro)(Backend *b, const int *inputs, const int *targets, int B, int T, float grad_scale, int role,
+                         Rng *rng);
+    // The pass ends: the gradients hold what train_micro would have accumulated (before
+    // sync_grads), and the statistics are summed over ranks.
+    void (*stats_end)(Backend *b, int pass, float grad_scale);
 };
 
 #ifdef __cplusplus

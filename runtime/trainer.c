@@ -10,6 +10,7 @@
 #include "../data/loader.h"
 #include "../data/tokenizer.h"
 #include "../kernels/crossentropy.h"
+#include "../optim/microstats.h"
 #include "checkpoint.h"
 #include "common.h"
 #include "dist.h"
@@ -30,8 +31,24 @@ typedef struct {
     Rng rng_train, rng_sample;
     RunLog log;
     int *inputs, *targets;  // this step's micro-batches, kept for the curvature hook
+    int *order, *role;      // the micro-batches of a statistics pass (optim/microstats.h)
     char *config_json;
 } Trainer;
+
+// A pass over this step's micro-batches through the backend's statistics (the bias
+// corrections): in the order and with the roles the plan gives; returns the sum of losses.
+static double stats_pass(Trainer *tr, int pass, const StepInfo *info, int sampled) {
+    Backend *b = tr->b;
+    const size_t micro = (size_t)tr->B * tr->T;
+    const int n = microstats_schedule(b->stats_plan, pass, tr->order, tr->role);
+    double loss_sum = 0;
+    b->stats_begin(b, pass, info);
+    for (int k = 0; k < n; k++)
+        loss_sum += b->stats_micro(b, tr->inputs + tr->order[k] * micro, sampled ? NULL : tr->targets + tr->order[k] * micro,
+                                   tr->B, tr->T, 1.0f / tr->accum, tr->role[k], &tr->rng_train);
+    b->stats_end(b, pass, 1.0f / tr->accum);
+    return loss_sum;
+}
 
 // vocab.json decodes samples: data.vocab, or the one prepare_data wrote beside the shards.
 static void load_tokenizer(Trainer *tr) {
@@ -161,6 +178,11 @@ static void write_summary(const Trainer *tr, const TrainSummary *s) {
     cJSON_AddNumberToObject(o, "final_train_loss", s->final_train_loss);
     cJSON_AddNumberToObject(o, "tokens_per_s", s->tokens_per_s);
     cJSON_AddNumberToObject(o, "optimizer_state_bytes", (double)tr->b->opt->state_floats * sizeof(float));
+    if (tr->b->stats_plan) {
+        const MicroStatsPlan *p = tr->b->stats_plan;
+        cJSON_AddNumberToObject(o, "correction_buffer_bytes",
+                                ((double)p->grad_buffers * p->num_params + (double)p->tensor_stats_floats) * sizeof(float));
+    }
     cJSON_AddNumberToObject(o, "params", (double)tr->b->layout->num_params);
     cJSON_AddNumberToObject(o, "wall_s", s->wall_s);
     char *text = cJSON_Print(o);
@@ -180,6 +202,7 @@ static void print_header(const Trainer *tr, long start_step) {
            tr->b->name, tr->world, tr->world > 1 ? "s" : "", tr->B, tr->T, tr->accum, tr->world, tr->tokens_per_step,
            tr->steps, start_step ? " (resumed)" : "");
     optim_print(tr->b->opt, stdout);
+    if (tr->b->stats_plan) microstats_print(tr->b->stats_plan, stdout);
     const OptimDist *d = &tr->b->opt->dist;
     if (d->world > 1)
         printf("data parallel: %d ranks%s, optimizer state on this rank %.2f MiB\n", d->world,
@@ -243,6 +266,12 @@ void train_run(const RunConfig *rc, Backend *b, const TrainOptions *opts, TrainS
     rng_seed(&tr.rng_sample, (uint64_t)rc->train.seed ^ 0x5A3B1E5ull);
     tr.inputs = (int *)xmalloc((size_t)tr.accum * tr.B * tr.T * sizeof(int));
     tr.targets = (int *)xmalloc((size_t)tr.accum * tr.B * tr.T * sizeof(int));
+    tr.order = (int *)xmalloc((size_t)tr.accum * sizeof(int));
+    tr.role = (int *)xmalloc((size_t)tr.accum * sizeof(int));
+    if (microstats_required(b->opt) && !b->stats_plan)
+        fatal("optimizer: a group sets a bias correction (correction), which needs per-micro-batch statistics that the "
+              "%s backend does not compute; use the CPU trainer (./train_gpt) or correction \"none\"", b->name);
+    const MicroStatsPlan *plan = b->stats_plan;
     tr.config_json = cJSON_Print(json_config_root(rc->json));
 
     const long start = opts->resume_from ? resume(&tr) : 0;
@@ -277,9 +306,16 @@ void train_run(const RunConfig *rc, Backend *b, const TrainOptions *opts, TrainS
         const double t0 = wall_time();
         b->zero_grad(b);
         double loss_sum = 0;
-        for (int a = 0; a < tr.accum; a++) {
-            loader_next(&tr.train, tr.inputs + a * micro, tr.targets + a * micro);
-            loss_sum += b->train_micro(b, tr.inputs + a * micro, tr.targets + a * micro, tr.B, tr.T, 1.0f / tr.accum, &tr.rng_train);
+        if (plan && plan->main) {
+            // Bias corrections: every micro-batch is read first, then run in the plan's order.
+            for (int a = 0; a < tr.accum; a++) loader_next(&tr.train, tr.inputs + a * micro, tr.targets + a * micro);
+            const StepInfo at = {step, tr.steps, 0.0f, 0.0f, tr.tokens_per_step};
+            loss_sum = stats_pass(&tr, MS_PASS_MAIN, &at, 0);
+        } else {
+            for (int a = 0; a < tr.accum; a++) {
+                loader_next(&tr.train, tr.inputs + a * micro, tr.targets + a * micro);
+                loss_sum += b->train_micro(b, tr.inputs + a * micro, tr.targets + a * micro, tr.B, tr.T, 1.0f / tr.accum, &tr.rng_train);
+            }
         }
         b->sync_grads(b);
         loss = (float)dist_mean(loss_sum / tr.accum);
@@ -292,14 +328,19 @@ void train_run(const RunConfig *rc, Backend *b, const TrainOptions *opts, TrainS
         const float lr_scale = lr_scale_at(&rc->schedule, step, tr.steps);
         const StepInfo base = {step, tr.steps, rc->schedule.lr * lr_scale, lr_scale, tr.tokens_per_step};
         const int log_due = log_every && (step % log_every == 0 || step == start + 1 || step == tr.steps);
+        // Leave-one-out: a second pass over the micro-batches, now that the clip is known.
+        if (plan && plan->loo) stats_pass(&tr, MS_PASS_LOO, &base, 0);
         const double t_opt = wall_time();
         b->optimizer_step(b, &base, log_due ? diag : NULL);
         const double opt_s = wall_time() - t_opt;
         if (optim_needs_curvature(b->opt, step)) {
             // Gauss-Newton-Bartlett: gradients of the loss on labels sampled from the model.
             b->zero_grad(b);
-            for (int a = 0; a < tr.accum; a++)
-                b->train_micro(b, tr.inputs + a * micro, NULL, tr.B, tr.T, 1.0f / tr.accum, &tr.rng_train);
+            if (plan && plan->curvature)
+                stats_pass(&tr, MS_PASS_CURVATURE, &base, 1);
+            else
+                for (int a = 0; a < tr.accum; a++)
+                    b->train_micro(b, tr.inputs + a * micro, NULL, tr.B, tr.T, 1.0f / tr.accum, &tr.rng_train);
             b->sync_grads(b);
             b->curvature_step(b, &base);
         }
@@ -365,6 +406,8 @@ void train_run(const RunConfig *rc, Backend *b, const TrainOptions *opts, TrainS
     free(diag);
     free(tr.inputs);
     free(tr.targets);
+    free(tr.order);
+    free(tr.role);
     free(tr.config_json);
     loader_close(&tr.train);
     if (tr.has_val) loader_close(&tr.val);

@@ -133,6 +133,26 @@ class DistributedTraining(unittest.TestCase):
             # Two ranks again: the same reductions in the same order, so the same bits.
             self.assertSameLosses(full, out, rel=0.0 if ranks == 2 else 1e-5, steps=[4, 5, 6])
 
+    def test_crossfit_rank_groups_equal_one_rank(self):
+        """Bias corrections with crossfit_split "ranks" (even ranks' micro-batches in group A,
+        odd ranks' in B) on 2 ranks x grad_accum 2 against one rank with grad_accum 4 and
+        "alternating": global micro-batch k * 2 + r is rank r's k-th (the loader's order), so
+        both put micro-batches 0 and 2 in A and 1 and 3 in B, and the runs are the same up to
+        the order of float sums. The statistics are summed over ranks."""
+        rest = {"params": ["embeddings", "head", "norms", "biases"], "name": "adamw", "weight_decay": 0.0}
+        for name, group in (("adamw", {"name": "adamw", "weight_decay": 0.1}),
+                            ("sophia", {"name": "sophia", "rho": 0.05, "hessian_interval": 2})):
+            opt = {"name": "adamw", "groups": [dict(group, params="matrices", correction="full"), rest]}
+            one_opt = json.loads(json.dumps(opt))
+            one_opt["groups"][0]["crossfit_split"] = "alternating"
+            opt["groups"][0]["crossfit_split"] = "ranks"
+            one, proc1 = self.train(f"cf_{name}_1rank", 1, ["optimizer=" + json.dumps(one_opt), "train.grad_accum=4"])
+            two, proc2 = self.train(f"cf_{name}_2ranks", 2, ["optimizer=" + json.dumps(opt), "train.grad_accum=2"])
+            self.assertIn("crossfit_split alternating (A 2, B 2)", proc1.stdout)
+            self.assertIn("crossfit_split ranks (A 2, B 2)", proc2.stdout)
+            self.assertSameLosses(one, two, 1e-5)
+            self.assertSameLosses(one, two, 1e-5, key="val_loss")
+
     def test_one_rank_failing_stops_the_job(self):
         bad = os.path.join(self.tmp, "bad.json")
         with open(self.config) as f:
