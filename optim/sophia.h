@@ -40,7 +40,10 @@ typedef struct {
 // One element of the step: advances m and returns the new parameter.
 static inline HOST_DEVICE float sophia_update(const SophiaStep *s, float p, float g, float *m, float h) {
     *m = s->beta1 * *m + (1.0f - s->beta1) * g;
-    const float ratio = fminf(fabsf(*m) / (s->rho_bs * h + s->eps), 1.0f);
+    // min(r, 1) by comparison, not fminf: the same value (a NaN r gives 1 both ways), but
+    // fminf's NaN rule keeps gcc from vectorising the loop.
+    const float r = fabsf(*m) / (s->rho_bs * h + s->eps);
+    const float ratio = r < 1.0f ? r : 1.0f;
     const float sign = (float)((*m > 0.0f) - (*m < 0.0f));
     return s->keep * p - s->lr * sign * ratio;
 }
@@ -118,11 +121,15 @@ static inline SophiaStep sophia_resolve(const SophiaHyper *h, const StepInfo *in
 
 static inline void sophia_step_elements(const void *hyper, const StepInfo *info, float *param, const float *grad,
                                         float *const *state, size_t n) {
-    const SophiaStep s = sophia_resolve((const SophiaHyper *)hyper, info);
-    float *m = state[0];
-    const float *h = state[1];
-#pragma omp parallel for schedule(static) if (n > 4096)
-    for (size_t i = 0; i < n; i++) param[i] = sophia_update(&s, param[i], grad[i], &m[i], h[i]);
+    const SophiaStep step = sophia_resolve((const SophiaHyper *)hyper, info);
+    float *restrict m = state[0];
+    const float *restrict h = state[1];
+#pragma omp parallel if (n > 4096)
+    {
+        const SophiaStep s = step;  // a private copy: no store below can alias it
+#pragma omp for simd schedule(static)
+        for (size_t i = 0; i < n; i++) param[i] = sophia_update(&s, param[i], grad[i], &m[i], h[i]);
+    }
 }
 
 static inline int sophia_curvature_due(const void *hyper, long step) {
