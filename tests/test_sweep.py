@@ -417,6 +417,18 @@ class TestReport(SweepTestCase):
         self.assertAlmostEqual(float(m.group(1)), mean(xs), delta=tol)
         self.assertAlmostEqual(float(m.group(2)), sample_std(xs), delta=tol)
 
+    def test_report_out_writes_elsewhere(self):
+        out = self.make_dir()
+        dest = os.path.join(self.tmp, "committed", "results")
+        p = subprocess.run([REPORT, out, "--out", dest], capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        for name in ("results.md", "val_loss.png", "train_loss.png"):
+            self.assertTrue(os.path.getsize(os.path.join(dest, name)) > 0, name)
+            if name != "results.md":
+                self.assertFalse(os.path.exists(os.path.join(out, name)), name)
+        with open(os.path.join(dest, "results.md")) as f:
+            self.assertIn("# Sweep results: %s" % os.path.basename(out), f.read())
+
     def test_table_matches_hand_computed_stats_and_plots_exist(self):
         out = self.make_dir()
         text = self.run_report(out)
