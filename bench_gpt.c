@@ -9,21 +9,12 @@
 #include "model/cpu_backend.h"
 #include "runtime/blas_setup.h"
 #include "runtime/common.h"
+#include "runtime/median.h"
 #include "runtime/run_config.h"
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-
-static int cmp_double(const void *a, const void *b) {
-    const double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 // Matmul FLOPs of a forward pass per token: 2 x (weights touched by a token) plus attention.
 static double forward_flops_per_token(const ModelConfig *c, int T) {

@@ -11,6 +11,7 @@
 #include "kernels/cuda_common.cuh"
 #include "model/cuda_backend.h"
 #include "runtime/common.h"
+#include "runtime/median.h"
 #include "runtime/rng.h"
 #include "runtime/run_config.h"
 
@@ -30,16 +31,6 @@ static const Peak peaks[] = {
     {"H100 PCIe", 756.5, 51.2}, {"H100 NVL", 835.5, 59.8}, {"GH200", 989.4, 66.9}, {"H200", 989.4, 66.9},
     {"H100", 989.4, 66.9},      {"A100", 312.0, 19.5},
 };
-
-static int cmp_double(const void *a, const void *b) {
-    const double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 int main(int argc, char **argv) {
     const char *config = NULL, *sets[64];

@@ -525,7 +525,7 @@ static int adamw_case(const ModelLayout *L, const char *switches) {
         CHECK_CUDA(cudaMemcpy(d_grads, grads, P * sizeof(float), cudaMemcpyHostToDevice));
         memcpy(before, params, P * sizeof(float));
         const StepInfo info = {step, 10, 1e-2f * 0.7f, 0.7f, 1000.0};
-        optim_step_cpu(&cpu, params, grads, &info);
+        optim_step_cpu(&cpu, NULL, params, grads, &info);
         GroupDiagnostics diag[8];
         cuda_optim_step(&o, d_params, d_params_x, d_grads, &info, diag, stream());
         const float *got = down_f(d_params, P);

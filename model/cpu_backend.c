@@ -172,8 +172,7 @@ static void cpu_optimizer_step(Backend *b, const StepInfo *base, GroupDiagnostic
     GPTCpu *m = &cb->slices[0];
     const size_t n = b->layout->num_params;
     if (diag) memcpy(cb->snapshot, m->params, n * sizeof(float));
-    if (cb->stats.plan.active) microstats_step_cpu(&cb->stats, &cb->opt, m->params, m->grads, base);
-    else optim_step_cpu(&cb->opt, m->params, m->grads, base);
+    optim_step_cpu(&cb->opt, cb->stats.plan.active ? &cb->stats : NULL, m->params, m->grads, base);
     optim_exchange_params(&cb->opt, m->params);
     if (!diag) return;
     size_t lo, hi;
@@ -189,8 +188,7 @@ static void cpu_optimizer_step(Backend *b, const StepInfo *base, GroupDiagnostic
 
 static void cpu_curvature_step(Backend *b, const StepInfo *base) {
     CpuBackend *cb = (CpuBackend *)b->self;
-    if (cb->stats.plan.curvature) microstats_curvature_cpu(&cb->stats, &cb->opt, cb->slices[0].grads, base);
-    else optim_curvature_cpu(&cb->opt, cb->slices[0].grads, base);
+    optim_curvature_cpu(&cb->opt, cb->stats.plan.curvature ? &cb->stats : NULL, cb->slices[0].grads, base);
 }
 
 // Statistics (optim/microstats.h): slice 0's backward adds where the micro-batch's role says

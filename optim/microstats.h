@@ -212,10 +212,6 @@ void microstats_end(MicroStats *ms, Optimizer *opt, float *grads, int pass, floa
 // The main gradient was scaled by s (clipping): the statistics follow.
 void microstats_scale(MicroStats *ms, float s);
 
-// optim_step_cpu and optim_curvature_cpu with the statistics: corrected groups take their
-// *_stats step, the others their plain one.
-void microstats_step_cpu(MicroStats *ms, Optimizer *opt, float *params, const float *grads, const StepInfo *base);
-void microstats_curvature_cpu(MicroStats *ms, Optimizer *opt, const float *curvature_grads, const StepInfo *base);
 // The view a group sees for elements [start, start + n) in `pass` (tests use it too).
 MicroStatsView microstats_view(const MicroStats *ms, int pass, size_t start);
 

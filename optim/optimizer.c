@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "../runtime/common.h"
+#include "microstats.h"
 
 // Keys every group may carry besides its optimizer's own.
 static const char *const group_common_keys[] = {"params", "name", "lr", "lr_mult", "label", NULL};
@@ -272,20 +273,33 @@ StepInfo optim_group_step_info(const OptimGroup *g, const StepInfo *base) {
     return s;
 }
 
-void optim_step_cpu(Optimizer *opt, float *params, const float *grads, const StepInfo *base) {
+void optim_step_cpu(Optimizer *opt, const MicroStats *ms, float *params, const float *grads, const StepInfo *base) {
     for (int gi = 0; gi < opt->n_groups; gi++) {
         const OptimGroup *g = &opt->groups[gi];
         const StepInfo s = optim_group_step_info(g, base);
+        const int corrected = ms && ms->need[gi].active;
         for (int k = 0; k < g->n_tensors; k++) {
             const int i = g->tensors[k];
             if (g->def->step_elements) {
                 float *slots[OPTIM_MAX_SLOTS];
                 size_t start, len;
-                if (optim_elementwise_part(opt, i, opt->state, slots, &start, &len))
+                if (!optim_elementwise_part(opt, i, opt->state, slots, &start, &len)) continue;
+                if (corrected) {
+                    const MicroStatsView v = microstats_view(ms, MS_PASS_MAIN, start);
+                    g->def->step_elements_stats(g->hyper, &s, &v, params + start, grads + start, slots, len);
+                } else {
                     g->def->step_elements(g->hyper, &s, params + start, grads + start, slots, len);
+                }
             } else if (opt->dist.owner[i] == opt->dist.rank || opt->dist.owner[i] < 0) {
                 const ParamTensor *t = &opt->tensors[i];
-                g->def->step_tensor(g->hyper, &s, t, params + t->offset, grads + t->offset, opt->state + opt->state_offset[i]);
+                float *state = opt->state + opt->state_offset[i];
+                if (corrected) {
+                    const MicroStatsView v = microstats_view(ms, MS_PASS_MAIN, t->offset);
+                    const float *ts = ms->tensor_offset[i] == SIZE_MAX ? NULL : ms->tensor_stats + ms->tensor_offset[i];
+                    g->def->step_tensor_stats(g->hyper, &s, &v, t, params + t->offset, grads + t->offset, state, ts);
+                } else {
+                    g->def->step_tensor(g->hyper, &s, t, params + t->offset, grads + t->offset, state);
+                }
             }
         }
     }
@@ -299,7 +313,7 @@ int optim_needs_curvature(const Optimizer *opt, long step) {
     return 0;
 }
 
-void optim_curvature_cpu(Optimizer *opt, const float *curvature_grads, const StepInfo *base) {
+void optim_curvature_cpu(Optimizer *opt, const MicroStats *ms, const float *curvature_grads, const StepInfo *base) {
     for (int gi = 0; gi < opt->n_groups; gi++) {
         const OptimGroup *g = &opt->groups[gi];
         if (!g->def->curvature_due || !g->def->curvature_due(g->hyper, base->step)) continue;
@@ -307,8 +321,13 @@ void optim_curvature_cpu(Optimizer *opt, const float *curvature_grads, const Ste
         for (int k = 0; k < g->n_tensors; k++) {
             float *slots[OPTIM_MAX_SLOTS];
             size_t start, len;
-            if (optim_elementwise_part(opt, g->tensors[k], opt->state, slots, &start, &len))
+            if (!optim_elementwise_part(opt, g->tensors[k], opt->state, slots, &start, &len)) continue;
+            if (ms && ms->need[gi].curvature) {
+                const MicroStatsView v = microstats_view(ms, MS_PASS_CURVATURE, start);
+                g->def->curvature_elements_stats(g->hyper, &s, &v, curvature_grads + start, slots, len);
+            } else {
                 g->def->curvature_elements(g->hyper, &s, curvature_grads + start, slots, len);
+            }
         }
     }
 }

@@ -163,11 +163,15 @@ void optim_state_from_global(const Optimizer *opt, const float *global, float *l
 // Prints groups, parameter counts and state bytes.
 void optim_print(const Optimizer *opt, FILE *out);
 
+struct MicroStats;  // optim/microstats.h
+
 // One step of every group on the CPU. `base` gives the step, the horizon, the schedule
 // multiplier and the tokens per step; each group's lr is its peak lr times lr_scale.
-void optim_step_cpu(Optimizer *opt, float *params, const float *grads, const StepInfo *base);
+// With micro-batch statistics (`ms`, NULL for none) groups with a bias correction take
+// their corrected step.
+void optim_step_cpu(Optimizer *opt, const struct MicroStats *ms, float *params, const float *grads, const StepInfo *base);
 int optim_needs_curvature(const Optimizer *opt, long step);
-void optim_curvature_cpu(Optimizer *opt, const float *curvature_grads, const StepInfo *base);
+void optim_curvature_cpu(Optimizer *opt, const struct MicroStats *ms, const float *curvature_grads, const StepInfo *base);
 // The StepInfo a group sees: `base` with the group's own learning rate.
 StepInfo optim_group_step_info(const OptimGroup *g, const StepInfo *base);
 

@@ -105,7 +105,7 @@ static void rig_step(Rig *r, float *const *g, float c, long step) {
         microstats_scale(&r->ms, c);
     }
     if (r->ms.plan.loo) rig_pass(r, MS_PASS_LOO, g, &info);
-    microstats_step_cpu(&r->ms, &r->opt, r->params, r->grads, &info);
+    optim_step_cpu(&r->opt, &r->ms, r->params, r->grads, &info);
 }
 
 // The curvature hook on sampled-label micro-batch gradients gh[0..accum).
@@ -114,11 +114,11 @@ static void rig_curvature(Rig *r, float *const *gh, long step) {
     memset(r->grads, 0, r->n * sizeof(float));
     if (r->ms.plan.curvature) {
         rig_pass(r, MS_PASS_CURVATURE, gh, &info);
-        microstats_curvature_cpu(&r->ms, &r->opt, r->grads, &info);
+        optim_curvature_cpu(&r->opt, &r->ms, r->grads, &info);
     } else {
         for (int j = 0; j < r->accum; j++)
             for (size_t i = 0; i < r->n; i++) r->grads[i] += (1.0f / (float)r->accum) * gh[j][i];
-        optim_curvature_cpu(&r->opt, r->grads, &info);
+        optim_curvature_cpu(&r->opt, NULL, r->grads, &info);
     }
 }
 

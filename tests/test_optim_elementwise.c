@@ -694,7 +694,7 @@ TEST(optim_elementwise_mixed_groups) {
     fill_normal(g, L.num_params, 2, 1.0f);
     memcpy(p0, p, L.num_params * sizeof(float));
     const StepInfo si = {1, 10, 1e-3f, 1.0f, 100};
-    optim_step_cpu(&opt, p, g, &si);
+    optim_step_cpu(&opt, NULL, p, g, &si);
     for (int i = 0; i < L.num_tensors; i++) {
         const ParamTensor *t = &L.tensors[i];
         double d = 0;
