@@ -728,45 +728,21 @@ TEST(crossfit_backend_statistics_and_mean_gradient) {
 // ---------------------------------------------------------------------------------------
 // Resume: a run with corrections resumed from a checkpoint equals the unbroken run.
 
-// check_resume_identical with train.grad_accum = accum (tiny_config has 2).
-static void resume_identical_accum(const char *optimizer, int accum, const char *tag) {
-    enum { N = 4 };
-    char full[600], resumed[600], ckpt[700];
-    snprintf(full, sizeof full, "%s/cf_full_%s", test_tmpdir(), tag);
-    snprintf(resumed, sizeof resumed, "%s/cf_resumed_%s", test_tmpdir(), tag);
-    for (int run = 0; run < 2; run++) {
-        RunConfig rc;
-        tiny_config(&rc, "gpt2", 2 * N, N, optimizer);
-        rc.train.grad_accum = accum;
-        cJSON *train = cJSON_GetObjectItemCaseSensitive(json_config_root(rc.json), "train");
-        cJSON_ReplaceItemInObjectCaseSensitive(train, "grad_accum", cJSON_CreateNumber(accum));
-        if (run == 1) checkpoint_path(ckpt, sizeof ckpt, full, N);
-        run_training(&rc, run ? resumed : full, run ? ckpt : NULL);
-        run_config_free(&rc);
-    }
-    double a[2 * N + 1], b[2 * N + 1];
-    read_losses(full, a, 2 * N);
-    read_losses(resumed, b, 2 * N);
-    for (int s = N + 1; s <= 2 * N; s++)
-        CHECKF(a[s] == b[s] && !isnan(a[s]), "%s: step %d loss %.9g (unbroken) vs %.9g (resumed)", tag, s, a[s], b[s]);
-    CHECKF(a[2 * N] < a[1], "%s: the loss did not fall (%g -> %g)", tag, a[1], a[2 * N]);
-}
-
 TEST(crossfit_resume_identical) {
     check_resume_identical("gpt2", "{\"name\": \"adamw\", \"correction\": \"crossfit\"}", "cf_adamw_crossfit");
     check_resume_identical("gpt2", "{\"name\": \"adamw\", \"correction\": \"variance\", \"variance_moments\": \"empirical\"}",
                            "cf_adamw_variance");
-    resume_identical_accum("{\"name\": \"adamw\", \"correction\": \"full\"}", 4, "adamw_full");
-    resume_identical_accum("{\"name\": \"adamw\", \"correction\": \"full\", \"crossfit_split\": \"leave_one_out\"}", 3,
-                           "adamw_loo");
-    resume_identical_accum("{\"name\": \"adamw\", \"groups\": [{\"params\": \"matrices\", \"name\": \"sophia\", \"rho\": 0.05, "
+    check_resume_identical_accum("gpt2", "{\"name\": \"adamw\", \"correction\": \"full\"}", 4, "cf_adamw_full");
+    check_resume_identical_accum("gpt2", "{\"name\": \"adamw\", \"correction\": \"full\", \"crossfit_split\": \"leave_one_out\"}", 3,
+                           "cf_adamw_loo");
+    check_resume_identical_accum("gpt2", "{\"name\": \"adamw\", \"groups\": [{\"params\": \"matrices\", \"name\": \"sophia\", \"rho\": 0.05, "
                            "\"hessian_interval\": 3, \"correction\": \"full\"}, {\"params\": [\"embeddings\", \"head\", "
                            "\"norms\", \"biases\"]}]}",
-                           4, "sophia_full");
-    resume_identical_accum("{\"name\": \"adamw\", \"groups\": [{\"params\": \"matrices\", \"name\": \"shampoo\", "
+                           4, "cf_sophia_full");
+    check_resume_identical_accum("gpt2", "{\"name\": \"adamw\", \"groups\": [{\"params\": \"matrices\", \"name\": \"shampoo\", "
                            "\"precondition_frequency\": 3, \"correction\": \"full\", \"crossfit_split\": \"halves\"}, "
                            "{\"params\": [\"embeddings\", \"head\", \"norms\", \"biases\"]}]}",
-                           4, "shampoo_full");
+                           4, "cf_shampoo_full");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -84,26 +84,33 @@ void run_training(RunConfig *rc, const char *out, const char *resume) {
 
 // Train 2N steps in one go; separately resume from the step-N checkpoint of that run and
 // train N more: every loss after the resume must equal the unbroken run's exactly.
-void check_resume_identical(const char *arch, const char *optimizer, const char *tag) {
+void check_resume_identical_accum(const char *arch, const char *optimizer, int grad_accum, const char *tag) {
     enum { N = 4 };
     char full[600], resumed[600], ckpt[700];
     snprintf(full, sizeof full, "%s/full_%s", test_tmpdir(), tag);
     snprintf(resumed, sizeof resumed, "%s/resumed_%s", test_tmpdir(), tag);
-    RunConfig rc;
-    tiny_config(&rc, arch, 2 * N, N, optimizer);
-    run_training(&rc, full, NULL);
-    run_config_free(&rc);
     checkpoint_path(ckpt, sizeof ckpt, full, N);
-    CHECKF(file_exists(ckpt), "no checkpoint %s", ckpt);
-    tiny_config(&rc, arch, 2 * N, N, optimizer);
-    run_training(&rc, resumed, ckpt);
-    run_config_free(&rc);
+    for (int run = 0; run < 2; run++) {
+        RunConfig rc;
+        tiny_config(&rc, arch, 2 * N, N, optimizer);
+        // The resolved config is what checkpoints store, so change it there too.
+        rc.train.grad_accum = grad_accum;
+        cJSON *train = cJSON_GetObjectItemCaseSensitive(json_config_root(rc.json), "train");
+        cJSON_ReplaceItemInObjectCaseSensitive(train, "grad_accum", cJSON_CreateNumber(grad_accum));
+        if (run == 1) CHECKF(file_exists(ckpt), "no checkpoint %s", ckpt);
+        run_training(&rc, run ? resumed : full, run ? ckpt : NULL);
+        run_config_free(&rc);
+    }
     double a[2 * N + 1], b[2 * N + 1];
     read_losses(full, a, 2 * N);
     read_losses(resumed, b, 2 * N);
     for (int s = N + 1; s <= 2 * N; s++)
         CHECKF(a[s] == b[s] && !isnan(a[s]), "%s: step %d loss %.9g (unbroken) vs %.9g (resumed)", tag, s, a[s], b[s]);
     CHECKF(a[2 * N] < a[1], "%s: the loss did not fall (%g -> %g)", tag, a[1], a[2 * N]);
+}
+
+void check_resume_identical(const char *arch, const char *optimizer, const char *tag) {
+    check_resume_identical_accum(arch, optimizer, 2, tag);
 }
 
 

@@ -24,6 +24,8 @@ void read_losses(const char *dir, double *loss, int max_step);
 // 2N steps unbroken vs N steps, checkpoint, resume, N steps: the losses after the resume
 // must be identical. `tag` names the run directories.
 void check_resume_identical(const char *arch, const char *optimizer_json, const char *tag);
+// The same with train.grad_accum = grad_accum (tiny_config has 2).
+void check_resume_identical_accum(const char *arch, const char *optimizer_json, int grad_accum, const char *tag);
 // Builds the optimizer section `optimizer_json` (JSON text) on a tiny GPT-2 (1 layer, width
 // 8, vocab 11); the caller frees opt, L and c.
 void tiny_optimizer(Optimizer *opt, ModelLayout *L, JsonConfig **c, const char *optimizer_json);
