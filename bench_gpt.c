@@ -66,7 +66,8 @@ int main(int argc, char **argv) {
         const StepInfo info = {s + warmup + 1, rc.train.steps, rc.schedule.lr, 1.0f, (double)N};
         b->optimizer_step(b, &info, NULL);
         double t3 = wall_time();
-        if (optim_needs_curvature(b->opt, info.step)) {  // Sophia: a backward on sampled labels
+        const int curvature_due = optim_needs_curvature(b->opt, info.step);
+        if (curvature_due) {  // Sophia: a backward on sampled labels
             b->zero_grad(b);
             b->train_micro(b, inputs, NULL, B, T, 1.0f, &r);
             b->sync_grads(b);
@@ -78,7 +79,7 @@ int main(int argc, char **argv) {
             fb[s] = t2 - t1;
             opt[s] = t3 - t2;
             opt_total += t3 - t2;
-            curvature_total += t4 - t3;
+            if (curvature_due) curvature_total += t4 - t3;
         }
     }
     const double f = median(fwd, steps), fbm = median(fb, steps), o_median = median(opt, steps);
